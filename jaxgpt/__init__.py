@@ -1,0 +1,3 @@
+"""jaxgpt: nanoGPT in JAX/Flax."""
+
+__version__ = "0.1.0"

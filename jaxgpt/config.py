@@ -1,0 +1,224 @@
+"""Configuration: frozen dataclasses for the model and the training run.
+
+Field names follow nanoGPT's model.py (GPTConfig) and train.py (the knobs at the top of
+the file), so a nanoGPT config reads the same here. An experiment file in
+`experiments/` is a Python module with a module docstring and a dict named `config`
+holding overrides; the command line adds `--key=value` overrides on top. Both go through
+`apply_overrides`, which checks every key and value type and names the closest valid key
+on a typo.
+"""
+
+import dataclasses
+import difflib
+import importlib.util
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the CLI prints it as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64, as nanoGPT
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2
+    dtype: str = "float32"  # compute dtype; parameters are stored in param_dtype
+    param_dtype: str = "float32"
+    attention: str = "auto"  # auto | xla | cudnn | einsum, see ops.causal_attention
+    remat: bool = False  # rematerialise each block's activations in the backward pass
+    scan_layers: bool = False  # one nn.scan over the blocks: faster compiles for deep models
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.attention not in ("auto", "xla", "cudnn", "einsum"):
+            raise ConfigError(
+                f"attention={self.attention!r}: choose one of auto, xla, cudnn, einsum"
+            )
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"{key}={getattr(self, key)!r}: use float32, bfloat16 or float16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    init_from: str = "scratch"  # scratch | resume | gpt2* | path to a HF GPT-2 directory
+    keep_checkpoints: int = 2  # complete checkpoints kept in out_dir
+    # wandb logging
+    wandb_log: bool = False
+    wandb_project: str = "owt"
+    wandb_run_name: str = "gpt2"
+    # data
+    dataset: str = "openwebtext"
+    data_dir: str = "data"
+    gradient_accumulation_steps: int = 1
+    batch_size: int = 12  # micro-batch size; tokens per iter = accum * batch * block
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    # adamw optimizer
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    # learning rate decay
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    seed: int = 1337
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
+    attention: str = "auto"
+    remat: bool = False
+    scan_layers: bool = False
+    steps_per_call: int = 1  # optimizer steps per compiled call (lax.scan); divides intervals
+    # device mesh: -1 takes all remaining devices (see sharding.py)
+    mesh_data: int = -1
+    mesh_fsdp: int = 1
+    mesh_tensor: int = 1
+    # multi-host (jax.distributed); auto-detected on TPU VMs and SLURM
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def __post_init__(self):
+        positive = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size")
+        for key in positive + ("gradient_accumulation_steps", "steps_per_call"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.max_iters < 0:
+            raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        for key in ("eval_interval", "log_interval", "max_iters"):
+            if getattr(self, key) % self.steps_per_call:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)} must be a multiple of "
+                    f"steps_per_call={self.steps_per_call}"
+                )
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The model this run trains, for a dataset of `vocab_size` tokens."""
+        return GPTConfig(
+            block_size=self.block_size,
+            vocab_size=vocab_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            bias=self.bias,
+            dtype=self.dtype,
+            attention=self.attention,
+            remat=self.remat,
+            scan_layers=self.scan_layers,
+        )
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_key(cls, key: str) -> type:
+    types_ = _field_types(cls)
+    if key not in types_:
+        close = difflib.get_close_matches(key, list(types_), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    return types_[key]
+
+
+def parse_value(typ: type, key: str, text: str):
+    """Parse one command-line value as the field's type: `--max_iters=100`."""
+    if typ is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key} expects a bool (True/False), got {text!r}")
+    if typ is str:
+        return text
+    try:
+        return typ(text) if typ is float else int(text, 0)
+    except ValueError:
+        raise ConfigError(f"{key} expects {typ.__name__}, got {text!r}") from None
+
+
+def _check_value(typ: type, key: str, value):
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{key} expects {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def apply_overrides(cfg, overrides: dict):
+    """A copy of the frozen dataclass `cfg` with `overrides` (already typed values) applied."""
+    checked = {k: _check_value(_check_key(type(cfg), k), k, v) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **checked)
+
+
+def parse_overrides(cls, args: list[str]) -> dict:
+    """`['--key=value', ...]` -> {key: typed value} for the dataclass `cls`."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"expected --key=value, got {arg!r}")
+        key, text = arg[2:].split("=", 1)
+        out[key] = parse_value(_check_key(cls, key), key, text)
+    return out
+
+
+def load_config_file(path: str) -> dict:
+    """The `config` dict of an experiment file (a plain Python module)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"jaxgpt_experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: report any failure as one line
+        raise ConfigError(f"config file {path} does not load: {type(e).__name__}: {e}") from None
+    config = getattr(module, "config", None)
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must define a dict named `config`")
+    return config
+
+
+def load_train_config(config_file: str | None, args: list[str]) -> TrainConfig:
+    """TrainConfig defaults <- experiment file <- command-line overrides."""
+    cfg = TrainConfig()
+    if config_file:
+        cfg = apply_overrides(cfg, load_config_file(config_file))
+    return apply_overrides(cfg, parse_overrides(TrainConfig, args))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, d: dict):
+    """Rebuild a config saved by `to_dict`, ignoring keys a newer/older version lacks."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,100 @@
+"""Token datasets on disk and the batches drawn from them.
+
+A dataset is a folder `<data_dir>/<name>/` with nanoGPT's layout: `train.bin` and
+`val.bin` (flat uint16 token ids, no header) and `meta.json` (the tokenizer). Batches are
+random windows of block_size + 1 tokens read from a memmap. The windows of step s are a
+pure function of (seed, split, step): a resumed run reads exactly the batches an
+uninterrupted run would have read, and each process of a multi-host run can read only
+its own rows of the global batch.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """A dataset that is missing or malformed; the CLI prints it as one line, exit 2."""
+
+
+def dataset_dir(data_dir: str, dataset: str) -> Path:
+    return Path(data_dir) / dataset
+
+
+def load_meta(data_dir: str, dataset: str) -> dict:
+    path = dataset_dir(data_dir, dataset) / "meta.json"
+    if not path.is_file():
+        raise DataError(
+            f"no dataset at {path.parent} (missing meta.json): run `jaxgpt prepare {dataset}` "
+            "or set --data_dir"
+        )
+    return json.loads(path.read_text())
+
+
+def load_split(data_dir: str, dataset: str, split: str, vocab_size: int | None = None):
+    """The split's tokens as a read-only uint16 memmap, checked for size and vocabulary."""
+    path = dataset_dir(data_dir, dataset) / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"missing {path}: run `jaxgpt prepare {dataset}` or set --data_dir")
+    size = path.stat().st_size
+    if size % 2:
+        raise DataError(f"{path} has an odd size ({size} bytes): not a uint16 token file")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if vocab_size is not None and len(data):
+        # a cheap spot check on a sample: catches wrong dtype or another tokenizer's bins
+        sample = data[:: max(1, len(data) // 4096)]
+        if int(sample.max()) >= vocab_size:
+            raise DataError(
+                f"{path} holds token id {int(sample.max())} >= vocab_size {vocab_size}: "
+                "wrong dtype or a dataset of another tokenizer"
+            )
+    return data
+
+
+def write_split(path: Path, ids: np.ndarray) -> None:
+    """Write token ids as uint16 through a temporary file, so no half-written bin remains."""
+    ids = np.asarray(ids)
+    if ids.size and int(ids.max()) > np.iinfo(np.uint16).max:
+        raise DataError(f"token id {int(ids.max())} does not fit in uint16")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    ids.astype(np.uint16).tofile(tmp)
+    tmp.replace(path)
+
+
+def window_starts(
+    n_tokens: int, block_size: int, shape: tuple, seed: int, split: str, step: int, stream: int = 0
+) -> np.ndarray:
+    """Start offsets of the windows of (split, step), array of `shape`: a pure function.
+
+    stream 0 draws training batches, stream 1 the fixed evaluation batches.
+    """
+    if n_tokens <= block_size:
+        raise DataError(
+            f"the {split} split has {n_tokens} tokens, too few for block_size {block_size}"
+        )
+    rng = np.random.default_rng((seed, stream, SPLITS.index(split), step))
+    return rng.integers(0, n_tokens - block_size, size=shape)
+
+
+def get_batch(
+    data: np.ndarray,
+    block_size: int,
+    shape: tuple,
+    seed: int,
+    split: str,
+    step: int,
+    rows: slice = slice(None),
+    stream: int = 0,
+) -> np.ndarray:
+    """Token windows of length block_size + 1 for the global batch of `shape` (the last
+    axis of `shape` is the batch axis), this process's `rows` of it only.
+
+    Inputs are windows[..., :-1] and targets windows[..., 1:]. Returns int32 of shape
+    shape[:-1] + (rows, block_size + 1).
+    """
+    starts = window_starts(len(data), block_size, shape, seed, split, step, stream)[..., rows]
+    offsets = starts[..., None] + np.arange(block_size + 1)  # (..., rows, T + 1)
+    return np.asarray(data[offsets.reshape(-1)], dtype=np.int32).reshape(offsets.shape)

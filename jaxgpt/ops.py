@@ -1,0 +1,72 @@
+"""Numerical building blocks of the model: causal attention and GELU.
+
+Kept apart from model.py so that the modules read like nanoGPT's while the kernels
+underneath can be swapped (XLA's fused attention, cuDNN flash attention, or plain
+einsums, which are the fastest choice on CPU).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch.nn.GELU() in nanoGPT."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def attention_impl(impl: str, dtype: str, training_dropout: bool) -> str:
+    """Resolve `auto` to a concrete implementation for the current backend.
+
+    cuDNN's flash attention runs on GPUs in half precision; it (like XLA's fused
+    `jax.nn.dot_product_attention`) has no attention dropout, so the einsum path is used
+    whenever dropout is active.
+    """
+    if training_dropout:
+        return "einsum"
+    if impl == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        return "cudnn" if on_gpu and dtype in ("bfloat16", "float16") else "einsum"
+    return impl
+
+
+def causal_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    impl: str = "einsum",
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(hs) + causal mask) v over (B, T, nh, hs) inputs.
+
+    Queries are the last Tq positions of the Tk keys, so Tq < Tk (a prefix already in a
+    cache) works too. Scores and softmax are in float32 whatever the input dtype.
+    """
+    if impl in ("xla", "cudnn"):
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, implementation=None if impl == "xla" else "cudnn"
+        )
+    Tq, Tk, hs = q.shape[1], k.shape[1], q.shape[-1]
+    # (B, nh, T, hs) layouts make both einsums plain batched matmuls
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    att = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    att = att * (1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
+    q_pos = jnp.arange(Tq)[:, None] + (Tk - Tq)
+    att = jnp.where(jnp.arange(Tk)[None, :] <= q_pos, att, -jnp.inf)
+    att = jax.nn.softmax(att, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, att.shape)
+        att = jnp.where(keep, att / (1.0 - dropout_rate), 0.0)
+    y = jnp.einsum("bhqk,bhkd->bhqd", att.astype(v.dtype), v)  # (B, nh, Tq, hs)
+    return jnp.swapaxes(y, 1, 2)  # (B, Tq, nh, hs)
+
+
+def dense(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, n_in: int, dtype: jnp.dtype
+) -> jax.Array:
+    """x @ kernel (+ bias), contracting the last n_in axes of x, computed in `dtype`."""
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=n_in)
+    return y if bias is None else y + bias.astype(dtype)

@@ -1,0 +1,203 @@
+"""Train state, optimizer and the compiled train/eval steps (nanoGPT's train.py math).
+
+The state is a plain pytree (step, params, opt_state). `train_step` is a pure function
+of (state, batch): gradient accumulation over micro-batches runs inside it with
+lax.scan, and dropout keys are derived from (seed, step, micro-step), so the update at
+step s depends on nothing but the state and step s's batch. `make_train_step` jits it
+over the device mesh with the state donated; with steps_per_call > 1 several optimizer
+steps run in one compiled call, which saves per-call overhead on small models.
+"""
+
+import functools
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgpt import sharding
+from jaxgpt.config import GPTConfig, TrainConfig
+from jaxgpt.model import GPT, abstract_params, cross_entropy, unbox
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # number of optimizer updates applied so far
+    params: dict
+    opt_state: optax.OptState
+
+
+def get_lr(it, cfg: TrainConfig):
+    """nanoGPT's schedule: linear warmup, cosine decay to min_lr, then min_lr.
+
+    Works on Python numbers and on traced step counters.
+    """
+    if not cfg.decay_lr:
+        return cfg.learning_rate + 0.0 * it
+    warmup = cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    span = max(cfg.lr_decay_iters - cfg.warmup_iters, 1)
+    decay_ratio = jnp.clip((it - cfg.warmup_iters) / span, 0.0, 1.0)
+    coeff = 0.5 * (1.0 + jnp.cos(math.pi * decay_ratio))
+    cosine = cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+    lr = jnp.where(it < cfg.warmup_iters, warmup, cosine)
+    return jnp.where(it > cfg.lr_decay_iters, cfg.min_lr, lr)
+
+
+def decay_mask(params: dict) -> dict:
+    """Weight decay on weight matrices and embeddings (nanoGPT: every >= 2-D tensor), not on
+    biases and LayerNorm parameters. Decided by name because attention kernels and biases
+    here have extra head axes."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: path[-1].key in ("kernel", "embedding"), params
+    )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(
+        learning_rate=functools.partial(get_lr, cfg=cfg),
+        b1=cfg.beta1,
+        b2=cfg.beta2,
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+        mask=decay_mask,
+    )
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+    return adamw
+
+
+def loss_fn(params, model: GPT, x, y, dropout_key, deterministic: bool):
+    logits = model.apply(
+        {"params": params}, x, deterministic=deterministic, rngs={"dropout": dropout_key}
+    )  # (B, T, V)
+    return cross_entropy(logits, y)
+
+
+def train_step(state: TrainState, windows, *, model: GPT, tx, cfg: TrainConfig):
+    """One optimizer update from token windows of shape (accum, B, T + 1).
+
+    Returns the new state and metrics: mean loss over the micro-batches, the global
+    gradient norm before clipping, and the learning rate used.
+    """
+    x, y = windows[..., :-1], windows[..., 1:]  # (accum, B, T) each
+    step_key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+    deterministic = model.config.dropout == 0.0
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def micro_step(grads, micro):
+        i, xb, yb = micro
+        key = jax.random.fold_in(step_key, i)
+        loss, g = grad_fn(state.params, model, xb, yb, key, deterministic)
+        return jax.tree.map(jnp.add, grads, g), loss
+
+    accum = x.shape[0]
+    if accum == 1:
+        loss, grads = grad_fn(state.params, model, x[0], y[0], step_key, deterministic)
+    else:
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, losses = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), x, y))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        loss = losses.mean()
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "lr": get_lr(state.step, cfg),
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def train_steps(state: TrainState, windows, **kw):
+    """k optimizer updates in one call: windows of shape (k, accum, B, T + 1)."""
+    return jax.lax.scan(lambda s, w: train_step(s, w, **kw), state, windows)
+
+
+def eval_loss(params, windows, *, model: GPT):
+    """Mean loss over n batches without dropout: windows of shape (n, B, T + 1)."""
+
+    def one(w):  # (B, T + 1)
+        return loss_fn(params, model, w[:, :-1], w[:, 1:], jax.random.key(0), True)
+
+    return jax.lax.map(one, windows).mean()
+
+
+def state_shardings(model_cfg: GPTConfig, tx, mesh) -> TrainState:
+    """NamedShardings of every leaf of the train state, from the logical axis rules."""
+    boxed = abstract_params(model_cfg)
+    param_sh = sharding.logical_sharding(boxed, mesh)
+    abstract_opt = jax.eval_shape(tx.init, unbox(boxed))
+    opt_sh = optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        abstract_opt,
+        param_sh,
+        transform_non_params=lambda _: sharding.replicated(mesh),
+    )
+    return TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
+
+
+def init_state(params: dict, tx) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def create_state(model_cfg: GPTConfig, tx, mesh, key: jax.Array) -> TrainState:
+    """A freshly initialised state, created already sharded (under jit, out_shardings)."""
+    model = GPT(model_cfg)
+    idx = jnp.zeros((1, model_cfg.block_size), jnp.int32)
+
+    def init(key):
+        return init_state(unbox(model.init(key, idx)["params"]), tx)
+
+    with sharding.activate(mesh):
+        return jax.jit(init, out_shardings=state_shardings(model_cfg, tx, mesh))(key)
+
+
+def state_from_params(params: dict, model_cfg: GPTConfig, tx, mesh) -> TrainState:
+    """A fresh optimizer state around given parameters (e.g. pretrained GPT-2), sharded."""
+    shardings = state_shardings(model_cfg, tx, mesh)
+    params = jax.device_put(params, shardings.params)
+    with sharding.activate(mesh):
+        return jax.jit(functools.partial(init_state, tx=tx), out_shardings=shardings)(params)
+
+
+def make_train_step(model_cfg: GPTConfig, cfg: TrainConfig, tx, mesh):
+    """The jitted step: (state, windows) -> (state, metrics), state donated.
+
+    windows have shape (steps_per_call, accum, B, T + 1) when cfg.steps_per_call > 1,
+    else (accum, B, T + 1); metrics then carry a leading steps_per_call axis.
+    """
+    kw = dict(model=GPT(model_cfg), tx=tx, cfg=cfg)
+    fn = functools.partial(train_steps if cfg.steps_per_call > 1 else train_step, **kw)
+    state_sh = state_shardings(model_cfg, tx, mesh)
+    lead = 2 if cfg.steps_per_call > 1 else 1
+    batch_sh = sharding.batch_sharding(mesh, lead + 2, batch_dim=lead)
+    jitted = jax.jit(
+        fn,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    def step(state, batch):
+        with sharding.activate(mesh):
+            return jitted(state, batch)
+
+    return step
+
+
+def make_eval_step(model_cfg: GPTConfig, tx, mesh):
+    """The jitted mean loss over batches: (params, windows (n, B, T + 1)) -> scalar."""
+    params_sh = state_shardings(model_cfg, tx, mesh).params
+    jitted = jax.jit(
+        functools.partial(eval_loss, model=GPT(model_cfg)),
+        in_shardings=(params_sh, sharding.batch_sharding(mesh, 3, batch_dim=1)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+    def step(params, windows):
+        with sharding.activate(mesh):
+            return jitted(params, windows)
+
+    return step

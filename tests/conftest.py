@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny character dataset and tiny model/run configs."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxgpt.config import GPTConfig, TrainConfig
+from jaxgpt.prepare import prepare_char
+
+SHAKESPEARE = os.environ.get("JAXGPT_SHAKESPEARE")  # .ci/run points it at tiny Shakespeare
+
+
+def shakespeare_path() -> str:
+    if not SHAKESPEARE or not Path(SHAKESPEARE).is_file():
+        pytest.skip("set JAXGPT_SHAKESPEARE to tiny Shakespeare's input.txt (.ci/run does)")
+    return SHAKESPEARE
+
+
+def synthetic_text(n_chars: int = 20000, seed: int = 0) -> str:
+    """Pseudo-English from a fixed word list: learnable, deterministic, no files needed."""
+    words = "the king and queen of hearts shall speak to thee my lord now good night".split()
+    rng = np.random.default_rng(seed)
+    out, size = [], 0
+    while size < n_chars:
+        line = " ".join(rng.choice(words, size=rng.integers(3, 9))).capitalize() + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A data folder holding the `tiny` character dataset."""
+    root = tmp_path_factory.mktemp("data")
+    prepare_char(synthetic_text(), str(root), "tiny")
+    return str(root)
+
+
+TINY_MODEL = GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, bias=True)
+
+
+def tiny_run(data_dir: str, out_dir: str, **overrides) -> TrainConfig:
+    """A run config that trains in seconds on the `tiny` dataset."""
+    base = dict(
+        out_dir=out_dir,
+        data_dir=data_dir,
+        dataset="tiny",
+        eval_interval=10,
+        eval_iters=4,
+        log_interval=5,
+        batch_size=4,
+        block_size=16,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=0.1,
+        bias=True,
+        learning_rate=3e-3,
+        max_iters=20,
+        warmup_iters=5,
+        lr_decay_iters=40,
+        min_lr=3e-4,
+        always_save_checkpoint=True,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
