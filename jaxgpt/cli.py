@@ -48,6 +48,85 @@ def cmd_train(argv: list[str]) -> None:
     run_training(cfg)
 
 
+BENCH_OPTIONS = {
+    "iters": int,
+    "warmup": int,
+    "real_data": bool,
+    "profile": str,
+    "json": bool,
+    "impl": str,
+    "compare": str,
+    "rounds": int,
+    "plot": str,
+    "table": str,
+}
+
+
+def cmd_bench(argv: list[str]) -> None:
+    """jaxgpt bench [CONFIG.py] [--key=value ...] with bench options among the keys."""
+    import json
+
+    from jaxgpt.config import load_train_config, parse_value
+
+    opts = {
+        "iters": 20,
+        "warmup": 3,
+        "real_data": False,
+        "profile": "",
+        "json": False,
+        "impl": "jax",
+        "compare": "",
+        "rounds": 3,
+        "plot": "",
+        "table": "",
+    }
+    rest = []
+    for arg in argv:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if key in BENCH_OPTIONS:
+            text = arg.split("=", 1)[1] if "=" in arg else "True"
+            opts[key] = parse_value(BENCH_OPTIONS[key], key, text)
+        else:
+            rest.append(arg)
+    if opts["impl"] not in ("jax", "torch", "torch-compile"):
+        raise ConfigError(f"--impl={opts['impl']}: use jax, torch or torch-compile")
+    config_file = rest[0] if rest and not rest[0].startswith("--") else None
+    cfg = load_train_config(config_file, rest[1:] if config_file else rest)
+    if opts["compare"]:
+        if opts["compare"] != "torch":
+            raise ConfigError(f"--compare={opts['compare']}: only torch is supported")
+        from jaxgpt import compare
+
+        passthrough = [
+            a
+            for a in argv
+            if not a.startswith(("--compare", "--rounds", "--plot", "--table", "--impl", "--json"))
+        ]
+        summary = compare.compare(passthrough, compare.IMPLS, opts["rounds"])
+        table = compare.markdown_table(summary)
+        print(table)
+        if opts["table"]:
+            Path(opts["table"]).write_text(table + "\n")
+        if opts["plot"]:
+            compare.plot_losses(summary, opts["plot"])
+        return
+    kw = dict(iters=opts["iters"], warmup=opts["warmup"], synthetic=not opts["real_data"])
+    if opts["impl"] == "jax":
+        from jaxgpt.bench import bench_train
+
+        result = bench_train(cfg, profile_dir=opts["profile"] or None, **kw)
+    else:
+        from jaxgpt.compare import torch_bench_train
+
+        result = torch_bench_train(cfg, compile=opts["impl"] == "torch-compile", **kw)
+    if opts["json"]:
+        print(json.dumps(result))
+    else:
+        from jaxgpt.bench import format_result
+
+        print(format_result(result))
+
+
 def read_start(start: str) -> str:
     """nanoGPT's --start: the text itself, or FILE:path to read it from a file."""
     if start.startswith("FILE:"):
@@ -109,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model: jaxgpt train [CONFIG.py] [--key=value ...]")
 
+    sub.add_parser(
+        "bench",
+        help="time the train step: jaxgpt bench [CONFIG.py] [--key=value ...] [--iters=N] "
+        "[--real_data] [--profile=DIR] [--json] [--impl=jax|torch|torch-compile] "
+        "[--compare=torch --rounds=N --table=MD --plot=PNG]",
+    )
+
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--out_dir", default="out", help="checkpoint folder (default: out)")
     p.add_argument("--start", default="\n", help="prompt text, or FILE:path")
@@ -127,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "train":
             cmd_train(argv[1:])
+        elif argv and argv[0] == "bench":
+            cmd_bench(argv[1:])
         else:
             args = parser.parse_args(argv)
             {"prepare": cmd_prepare, "sample": cmd_sample}[args.command](args)

@@ -1,0 +1,188 @@
+"""JAX vs PyTorch on the same machine: the same model, init, batches and optimizer.
+
+`torch_bench_train` times the project's PyTorch reference (torch_ref.py, nanoGPT's model,
+AdamW groups, schedule and clipping; autocast, fused AdamW and TF32 on CUDA as nanoGPT's
+train.py) starting from jaxgpt's initial weights on jaxgpt's batches, and returns the
+same figures as bench.bench_train. `compare` runs jaxgpt, PyTorch eager and
+torch.compile alternately, each run in its own process (A B C A B C ...), and reports
+medians and the ratio of each pair of runs.
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from jaxgpt import bench, convert, train
+from jaxgpt.config import TrainConfig
+from jaxgpt.mfu import device_peak, flops_per_token
+from jaxgpt.model import init_params, num_params
+
+IMPLS = ("jax", "torch", "torch-compile")
+
+
+def torch_bench_train(
+    cfg: TrainConfig,
+    iters: int = 20,
+    warmup: int = 3,
+    synthetic: bool = True,
+    compile: bool = False,
+    measure_peak: bool = True,
+) -> dict:
+    import torch
+
+    from jaxgpt import torch_ref
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(cfg.seed)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    vocab = bench.model_vocab(cfg, synthetic)
+    model_cfg = cfg.model_config(vocab)
+    with jax.default_device(jax.devices("cpu")[0]):
+        params = init_params(model_cfg, jax.random.key(cfg.seed))  # jaxgpt's init
+    n_params = num_params(params, model_cfg)
+    model = torch_ref.GPT(model_cfg)
+    state = {
+        k: torch.from_numpy(v.copy()) for k, v in convert.to_nanogpt(params, model_cfg).items()
+    }
+    model.load_state_dict(state)
+    model.to(device).train()
+    optimizer = model.configure_optimizers(
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2)
+    )
+    if cuda:
+        for group in optimizer.param_groups:
+            group["fused"] = True
+    step_model = torch.compile(model) if compile else model
+    autocast = torch.amp.autocast(
+        device_type=device, dtype=getattr(torch, cfg.dtype), enabled=cfg.dtype != "float32"
+    )
+    next_batch = bench.batch_source(cfg, vocab, synthetic)
+    accum = cfg.gradient_accumulation_steps
+
+    def step(it: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = float(train.get_lr(it, cfg))
+        windows = torch.from_numpy(next_batch(it)).long().to(device, non_blocking=True)
+        total = 0.0
+        for micro in range(accum):
+            with autocast:
+                _, loss = step_model(windows[micro, :, :-1], windows[micro, :, 1:])
+            (loss / accum).backward()
+            total = total + loss.detach() / accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(total)  # waits for the step
+
+    t0 = time.perf_counter()
+    losses = [step(0)]
+    first = time.perf_counter() - t0
+    losses += [step(i) for i in range(1, warmup)]
+    times = []
+    for i in range(warmup, warmup + iters):
+        t0 = time.perf_counter()
+        losses.append(step(i))
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    tokens = accum * cfg.batch_size * cfg.block_size
+    flops = flops_per_token(model_cfg, n_params) * tokens / dt
+    peak, peak_source = device_peak(cfg.dtype, measure=measure_peak)
+    if cuda:
+        mem = torch.cuda.max_memory_allocated()
+        name = f"1x {torch.cuda.get_device_name()}"
+    else:
+        mem = bench.peak_memory_bytes()
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "device": name,
+        "config": f"torch {torch.__version__}{' compile' if compile else ' eager'}",
+        "params_m": n_params / 1e6,
+        "compile_s": max(first - dt, 0.0),
+        "ms_per_iter": dt * 1000,
+        "ms_per_iter_all": [t * 1000 for t in times],
+        "tokens_per_s": tokens / dt,
+        "tflops": flops / 1e12,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "peak_source": peak_source,
+        "mfu": flops / peak if peak else None,
+        "peak_memory_gb": mem / 1e9,
+        "losses": losses[warmup:],
+    }
+
+
+def run_subprocess(impl: str, argv: list[str]) -> dict:
+    """One bench run of `impl` in a fresh process; its JSON result."""
+    cmd = [sys.executable, "-m", "jaxgpt.cli", "bench", *argv, f"--impl={impl}", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{impl} bench failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(argv: list[str], impls: tuple[str, ...], rounds: int) -> dict:
+    """Alternate the implementations `rounds` times; medians and paired ratios to jax."""
+    runs = {impl: [] for impl in impls}
+    for _ in range(rounds):
+        for impl in impls:
+            runs[impl].append(run_subprocess(impl, argv))
+    summary = {}
+    for impl, results in runs.items():
+        ms = [r["ms_per_iter"] for r in results]
+        ratios = [j["ms_per_iter"] / r["ms_per_iter"] for j, r in zip(runs[impls[0]], results)]
+        summary[impl] = {
+            "median_ms": statistics.median(ms),
+            "runs_ms": ms,
+            "ratio_to_first": statistics.median(ratios),
+            "paired_ratios": ratios,
+            "result": results[-1],
+        }
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    first = next(iter(summary))
+    lines = [
+        f"| implementation | median ms/iter | runs (ms/iter) | {first} / this (paired) "
+        "| tokens/s | MFU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for impl, s in summary.items():
+        r = s["result"]
+        mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
+        runs = ", ".join(f"{m:.1f}" for m in s["runs_ms"])
+        lines.append(
+            f"| {impl} ({r['config']}) | {s['median_ms']:.2f} | {runs} | "
+            f"{s['ratio_to_first']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_losses(summary: dict, path: str) -> None:
+    """Loss vs step and vs wall-clock for each implementation's last run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for impl, s in summary.items():
+        r = s["result"]
+        losses = np.asarray(r["losses"])
+        ax1.plot(np.arange(len(losses)), losses, label=impl)
+        ax2.plot(np.cumsum(r["ms_per_iter_all"]) / 1000, losses, label=impl)
+    ax1.set(xlabel="timed step", ylabel="train loss", title="loss vs step")
+    ax2.set(xlabel="wall-clock (s)", ylabel="train loss", title="loss vs wall-clock")
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
