@@ -70,11 +70,13 @@ def torch_bench_train(
     def step(it: int) -> float:
         for group in optimizer.param_groups:
             group["lr"] = float(train.get_lr(it, cfg))
-        windows = torch.from_numpy(next_batch(it)).long().to(device, non_blocking=True)
+        windows = torch.from_numpy(next_batch(it)).long()
+        x = windows[..., :-1].contiguous().to(device, non_blocking=True)  # (accum, B, T)
+        y = windows[..., 1:].contiguous().to(device, non_blocking=True)
         total = 0.0
         for micro in range(accum):
             with autocast:
-                _, loss = step_model(windows[micro, :, :-1], windows[micro, :, 1:])
+                _, loss = step_model(x[micro], y[micro])
             (loss / accum).backward()
             total = total + loss.detach() / accum
         if cfg.grad_clip > 0:
