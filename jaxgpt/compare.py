@@ -8,7 +8,9 @@ torch.compile alternately, each run in its own process (A B C A B C ...), and re
 medians and the ratio of each pair of runs.
 """
 
+import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,8 +47,11 @@ def torch_bench_train(
         torch.backends.cudnn.allow_tf32 = True
     vocab = bench.model_vocab(cfg, synthetic)
     model_cfg = cfg.model_config(vocab)
-    with jax.default_device(jax.devices("cpu")[0]):
-        params = init_params(model_cfg, jax.random.key(cfg.seed))  # jaxgpt's init
+    # jaxgpt's init, computed on the CPU (run with JAX_PLATFORMS=cpu so that JAX leaves the
+    # GPU's memory to PyTorch)
+    params = init_params(
+        dataclasses.replace(model_cfg, attention="einsum"), jax.random.key(cfg.seed)
+    )
     n_params = num_params(params, model_cfg)
     model = torch_ref.GPT(model_cfg)
     state = {
@@ -124,10 +129,17 @@ def torch_bench_train(
 def run_subprocess(impl: str, argv: list[str]) -> dict:
     """One bench run of `impl` in a fresh process; its JSON result."""
     cmd = [sys.executable, "-m", "jaxgpt.cli", "bench", *argv, f"--impl={impl}", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, **({"JAX_PLATFORMS": "cpu"} if impl != "jax" else {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"{impl} bench failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"{impl}: {result['ms_per_iter']:.2f} ms/iter, compile {result['compile_s']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
 
 
 def compare(argv: list[str], impls: tuple[str, ...], rounds: int) -> dict:
