@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxgpt import bench, convert, train
 from jaxgpt.config import TrainConfig
-from jaxgpt.mfu import device_peak, flops_per_token
+from jaxgpt.mfu import PEAK_FLOPS, device_peak, flops_per_token
 from jaxgpt.model import init_params, num_params
 
 IMPLS = ("jax", "torch", "torch-compile")
@@ -88,21 +88,27 @@ def torch_bench_train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(total)  # waits for the step
+        return total
 
     t0 = time.perf_counter()
-    losses = [step(0)]
+    losses = [float(step(0))]
     first = time.perf_counter() - t0
-    losses += [step(i) for i in range(1, warmup)]
+    losses += [float(step(i)) for i in range(1, warmup)]
     times = []
-    for i in range(warmup, warmup + iters):
+    for group in range(0, iters, bench.GROUP):
         t0 = time.perf_counter()
-        losses.append(step(i))
-        times.append(time.perf_counter() - t0)
+        pending = [step(i) for i in range(warmup + group, warmup + min(group + bench.GROUP, iters))]
+        losses += [float(x) for x in pending]  # waits for the group
+        times += [(time.perf_counter() - t0) / len(pending)] * len(pending)
     dt = statistics.median(times)
     tokens = accum * cfg.batch_size * cfg.block_size
     flops = flops_per_token(model_cfg, n_params) * tokens / dt
-    peak, peak_source = device_peak(cfg.dtype, measure=measure_peak)
+    if cuda:  # JAX sees only the CPU here: take the peak of the GPU's name
+        kind = torch.cuda.get_device_name()
+        peak = next((p.get(cfg.dtype) for k, p in PEAK_FLOPS.items() if k in kind), None)
+        peak_source = f"{kind} {cfg.dtype} datasheet"
+    else:
+        peak, peak_source = device_peak(cfg.dtype, measure=measure_peak)
     if cuda:
         mem = torch.cuda.max_memory_allocated()
         name = f"1x {torch.cuda.get_device_name()}"

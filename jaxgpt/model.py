@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.config import GPTConfig
-from jaxgpt.ops import attention_impl, causal_attention, dense, gelu
+from jaxgpt.ops import attention_impl, causal_attention, dense, gelu, logits_matmul
 
 
 def _normal(std: float, axes: tuple):
@@ -186,10 +186,8 @@ class GPT(nn.Module):
 
     def lm_head(self, x: jax.Array) -> jax.Array:
         """Logits from hidden states, tied to wte, always float32: (..., C) -> (..., V)."""
-        wte = self.wte.embedding.astype(self.config.dtype)
-        return jnp.einsum(
-            "...c,vc->...v", x.astype(self.config.dtype), wte, preferred_element_type=jnp.float32
-        )
+        dtype = self.config.dtype
+        return logits_matmul(x.astype(dtype), self.wte.embedding.astype(dtype))
 
     def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
         """Logits for every position: (B, T) int -> (B, T, vocab_size) float32."""

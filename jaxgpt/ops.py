@@ -70,3 +70,30 @@ def dense(
     """x @ kernel (+ bias), contracting the last n_in axes of x, computed in `dtype`."""
     y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=n_in)
     return y if bias is None else y + bias.astype(dtype)
+
+
+@jax.custom_vjp
+def logits_matmul(x: jax.Array, wte: jax.Array) -> jax.Array:
+    """x @ wte.T with float32 output: (..., C), (V, C) -> (..., V) float32.
+
+    The backward pass casts the float32 cotangent to the compute dtype first, so in
+    bfloat16 the two large vocabulary matmuls of the backward run on the bf16 units (as
+    under PyTorch autocast) instead of being promoted to float32. In float32 it is exactly
+    the plain gradient.
+    """
+    return jnp.einsum("...c,vc->...v", x, wte, preferred_element_type=jnp.float32)
+
+
+def _logits_fwd(x, wte):
+    return logits_matmul(x, wte), (x, wte)
+
+
+def _logits_bwd(res, g):
+    x, wte = res
+    g = g.astype(x.dtype)  # (..., V)
+    dx = jnp.einsum("...v,vc->...c", g, wte, preferred_element_type=jnp.float32)
+    dwte = jnp.einsum("...v,...c->vc", g, x, preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dwte.astype(wte.dtype)
+
+
+logits_matmul.defvjp(_logits_fwd, _logits_bwd)
