@@ -21,12 +21,11 @@ from jaxgpt.config import TrainConfig
 from jaxgpt.mfu import device_peak, flops_per_token
 from jaxgpt.model import num_params
 
-SYNTHETIC_VOCAB = 50304
 GROUP = 5  # steps dispatched back to back (as in training) between two waits
 
 
-def model_vocab(cfg: TrainConfig, synthetic: bool) -> int:
-    return SYNTHETIC_VOCAB if synthetic else data.load_meta(cfg.data_dir, cfg.dataset)["vocab_size"]
+def model_vocab(cfg: TrainConfig) -> int:
+    return data.load_meta(cfg.data_dir, cfg.dataset)["vocab_size"]
 
 
 def batch_source(cfg: TrainConfig, vocab: int, synthetic: bool):
@@ -56,6 +55,7 @@ def bench_train(
     iters: int = 20,
     warmup: int = 3,
     synthetic: bool = True,
+    vocab_size: int = 50304,
     profile_dir: str | None = None,
     measure_peak: bool = True,
 ) -> dict:
@@ -67,7 +67,7 @@ def bench_train(
     """
     mesh = sharding.make_mesh(cfg)
     sharding.check_batch(cfg, mesh)
-    vocab = model_vocab(cfg, synthetic)
+    vocab = vocab_size if synthetic else model_vocab(cfg)
     model_cfg = cfg.model_config(vocab)
     tx = train.make_optimizer(cfg)
     state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))

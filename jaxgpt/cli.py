@@ -48,17 +48,18 @@ def cmd_train(argv: list[str]) -> None:
     run_training(cfg)
 
 
-BENCH_OPTIONS = {
-    "iters": int,
-    "warmup": int,
-    "real_data": bool,
-    "profile": str,
-    "json": bool,
-    "impl": str,
-    "compare": str,
-    "rounds": int,
-    "plot": str,
-    "table": str,
+BENCH_OPTIONS = {  # bench's own options and their defaults; other keys are TrainConfig's
+    "iters": 20,
+    "warmup": 3,
+    "real_data": False,
+    "vocab_size": 50304,
+    "profile": "",
+    "json": False,
+    "impl": "jax",
+    "compare": "",
+    "rounds": 3,
+    "plot": "",
+    "table": "",
 }
 
 
@@ -68,24 +69,12 @@ def cmd_bench(argv: list[str]) -> None:
 
     from jaxgpt.config import load_train_config, parse_value
 
-    opts = {
-        "iters": 20,
-        "warmup": 3,
-        "real_data": False,
-        "profile": "",
-        "json": False,
-        "impl": "jax",
-        "compare": "",
-        "rounds": 3,
-        "plot": "",
-        "table": "",
-    }
-    rest = []
+    opts, rest = dict(BENCH_OPTIONS), []
     for arg in argv:
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
         if key in BENCH_OPTIONS:
             text = arg.split("=", 1)[1] if "=" in arg else "True"
-            opts[key] = parse_value(BENCH_OPTIONS[key], key, text)
+            opts[key] = parse_value(type(BENCH_OPTIONS[key]), key, text)
         else:
             rest.append(arg)
     if opts["impl"] not in ("jax", "torch", "torch-compile"):
@@ -111,6 +100,8 @@ def cmd_bench(argv: list[str]) -> None:
             compare.plot_losses(summary, opts["plot"])
         return
     kw = dict(iters=opts["iters"], warmup=opts["warmup"], synthetic=not opts["real_data"])
+    if not opts["real_data"]:
+        kw["vocab_size"] = opts["vocab_size"]
     if opts["impl"] == "jax":
         from jaxgpt.bench import bench_train
 

@@ -32,6 +32,7 @@ def torch_bench_train(
     iters: int = 20,
     warmup: int = 3,
     synthetic: bool = True,
+    vocab_size: int = 50304,
     compile: bool = False,
     measure_peak: bool = True,
 ) -> dict:
@@ -45,7 +46,7 @@ def torch_bench_train(
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    vocab = bench.model_vocab(cfg, synthetic)
+    vocab = vocab_size if synthetic else bench.model_vocab(cfg)
     model_cfg = cfg.model_config(vocab)
     # jaxgpt's init, computed on the CPU (run with JAX_PLATFORMS=cpu so that JAX leaves the
     # GPU's memory to PyTorch)

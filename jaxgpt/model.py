@@ -198,8 +198,10 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-token cross entropy in float32; targets of -1 are ignored, as in nanoGPT."""
     logits = logits.astype(jnp.float32)
     logz = jax.nn.logsumexp(logits, axis=-1)
-    safe = jnp.maximum(targets, 0)
-    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    # the target's logit by a masked sum, not a gather: it fuses into one pass over the
+    # logits, and its gradient is elementwise instead of a scatter
+    hit = jnp.arange(logits.shape[-1]) == targets[..., None]  # (B, T, V) bool, never stored
+    picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
     mask = targets >= 0
     return jnp.sum(jnp.where(mask, logz - picked, 0.0)) / jnp.maximum(mask.sum(), 1)
 
