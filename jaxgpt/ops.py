@@ -68,8 +68,36 @@ def dense(
     x: jax.Array, kernel: jax.Array, bias: jax.Array | None, n_in: int, dtype: jnp.dtype
 ) -> jax.Array:
     """x @ kernel (+ bias), contracting the last n_in axes of x, computed in `dtype`."""
-    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=n_in)
-    return y if bias is None else y + bias.astype(dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if bias is None:
+        return jnp.tensordot(x, kernel, axes=n_in)
+    return _dense_bias(x, kernel, bias.astype(dtype))
+
+
+@jax.custom_vjp
+def _dense_bias(x, kernel, bias):
+    return jnp.tensordot(x, kernel, axes=kernel.ndim - bias.ndim) + bias
+
+
+def _dense_bias_fwd(x, kernel, bias):
+    return _dense_bias(x, kernel, bias), (x, kernel, bias)
+
+
+def _dense_bias_bwd(res, g):
+    """The usual three products, with the bias gradient as a matmul with a ones vector:
+    XLA:CPU lowers the plain sum over (B, T) to slow split reductions."""
+    x, kernel, bias = res
+    n_in = kernel.ndim - bias.ndim
+    batch = tuple(range(x.ndim - n_in))  # leading axes of x and g, e.g. (B, T)
+    out = tuple(range(len(batch), g.ndim))  # trailing axes of g: the features
+    dx = jnp.tensordot(g, kernel, axes=(out, tuple(range(n_in, kernel.ndim))))
+    dkernel = jnp.tensordot(x, g, axes=(batch, batch))
+    ones = jnp.ones(x.shape[: len(batch)], g.dtype)
+    dbias = jnp.tensordot(ones, g, axes=(batch, batch))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
+
+
+_dense_bias.defvjp(_dense_bias_fwd, _dense_bias_bwd)
 
 
 @jax.custom_vjp
