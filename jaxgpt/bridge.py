@@ -63,9 +63,9 @@ def convert(src_kind: str, src: str, dst_kind: str, dst: str, meta: str | None =
     return bundle, write(bundle, dst_kind, dst)
 
 
-def _opt_parts(opt_state):
-    is_part = lambda s: isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState))  # noqa: E731
-    return is_part, [s for s in jax.tree.leaves(opt_state, is_leaf=is_part) if is_part(s)]
+def _is_part(s) -> bool:
+    """The optax states that hold AdamW's averages and counts (see train.make_optimizer)."""
+    return isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState))
 
 
 def with_moments(opt_state, moments: Moments, iter_num: int):
@@ -81,17 +81,16 @@ def with_moments(opt_state, moments: Moments, iter_num: int):
             return s._replace(count=jnp.asarray(iter_num, s.count.dtype))
         return s
 
-    is_part, _ = _opt_parts(opt_state)
-    return jax.tree.map(fix, opt_state, is_leaf=is_part)
+    return jax.tree.map(fix, opt_state, is_leaf=_is_part)
 
 
 def moments_of(opt_state) -> Moments | None:
-    _, parts = _opt_parts(opt_state)
+    parts = jax.tree.leaves(opt_state, is_leaf=_is_part)
     adam = [s for s in parts if isinstance(s, optax.ScaleByAdamState)]
     if not adam:
         return None
-    host = lambda t: unstack_layers(jax.tree.map(np.asarray, t))  # noqa: E731
-    return Moments(host(adam[0].mu), host(adam[0].nu), int(adam[0].count))
+    mu, nu = (unstack_layers(jax.tree.map(np.asarray, t)) for t in (adam[0].mu, adam[0].nu))
+    return Moments(mu, nu, int(adam[0].count))
 
 
 def load_checkpoint(out_dir: str) -> Bundle:

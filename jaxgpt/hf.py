@@ -83,7 +83,10 @@ def load_dir(path) -> Bundle:
     path = Path(path)
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():
-        raise ConvertError(f"{path} is not a Hugging Face model directory (no config.json)")
+        raise ConvertError(
+            f"{path} is not a Hugging Face model directory (no config.json); other formats: "
+            "jaxgpt convert"
+        )
     try:
         hf = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -10,6 +10,7 @@ document; and each split written as one flat uint16 bin through a memmap, shard 
 shard, behind a progress bar. The bins are interchangeable with nanoGPT's.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -68,7 +69,8 @@ def load_documents(hf_dataset: str | None, input_pattern: str | None, cache_dir:
     else:
         source = hf_dataset or "openwebtext"
         try:
-            ds = datasets.load_dataset(source, cache_dir=cache_dir)
+            with _quiet_hub():
+                ds = datasets.load_dataset(source, cache_dir=cache_dir)
         except Exception as e:  # offline, unknown name, ...: one line for the user
             raise DataError(
                 f"cannot load the HF dataset {source!r} ({type(e).__name__}); offline, "
@@ -78,6 +80,22 @@ def load_documents(hf_dataset: str | None, input_pattern: str | None, cache_dir:
     if "text" not in ds.column_names:
         raise DataError(f"{source} has no 'text' column (columns: {ds.column_names})")
     return ds
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence the hub's retry warnings: an unreachable hub ends in our one-line error."""
+    from datasets.utils import logging as ds_logging
+    from huggingface_hub.utils import logging as hub_logging
+
+    levels = ds_logging.get_verbosity(), hub_logging.get_verbosity()
+    ds_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
 
 
 def _tokenize(example: dict, bpe_dir: str | None) -> dict:
@@ -143,12 +161,13 @@ def prepare_corpus(
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
     for key, ds in splits.items():
+        procs = min(num_proc, len(ds))
         tokenized = ds.map(
             _tokenize,
             fn_kwargs={"bpe_dir": bpe_dir},
             remove_columns=ds.column_names,
             desc=f"tokenizing {key}",
-            num_proc=min(num_proc, len(ds)),
+            num_proc=procs if procs > 1 else None,  # datasets forks a pool even for 1
         )
         counts[key] = write_bin(tokenized, folder / f"{key}.bin", key)
     (folder / "meta.json").write_text(json.dumps(tok.meta()))

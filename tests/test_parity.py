@@ -35,38 +35,46 @@ def tokens(shape, seed=0, high=V) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, high, shape)
 
 
+X, Y = tokens((2, 16), 1), tokens((2, 16), 2)  # inputs and targets of every comparison
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def logits_and_grads(params, x, y, config: GPTConfig):
+    """jaxgpt's logits and the gradients of the mean cross entropy, in one compile."""
+
+    def loss(p):
+        logits = GPT(config).apply({"params": p}, x)
+        return cross_entropy(logits, y), logits
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return logits, grads
+
+
 @pytest.fixture(scope="module", params=[True, False], ids=["bias", "nobias"])
 def pair(request):
+    """A perturbed torch_ref model, the same weights in jaxgpt, and jaxgpt's logits and
+    gradients on (X, Y)."""
     config = gpt2_tiny(request.param)
     ref = perturbed_ref(config)
-    return config, ref, from_nanogpt(ref.state_dict(), config)
-
-
-def jax_logits(params, config, idx):
-    return np.asarray(jax.jit(GPT(config).apply)({"params": params}, jnp.asarray(idx)))
+    params = from_nanogpt(ref.state_dict(), config)
+    logits, grads = logits_and_grads(params, X, Y, config)
+    return config, ref, params, np.asarray(logits), grads
 
 
 def test_logits_match_torch_reference(pair):
-    config, ref, params = pair
-    idx = tokens((2, config.block_size))
+    config, ref, _, logits, _ = pair
     with torch.no_grad():
-        expected = ref(torch.from_numpy(idx))[0].numpy()
-    err = np.abs(jax_logits(params, config, idx) - expected).max()
+        expected = ref(torch.from_numpy(X))[0].numpy()
+    err = np.abs(logits - expected).max()
     print(f"\nlogits vs torch_ref (bias={config.bias}): max abs {err:.2e}")
     assert err < 1e-5
 
 
 def test_gradients_match_torch_reference(pair):
-    config, ref, params = pair
-    x, y = tokens((2, config.block_size), 1), tokens((2, config.block_size), 2)
+    config, ref, _, _, grads = pair
     ref.zero_grad()
-    ref(torch.from_numpy(x), torch.from_numpy(y))[1].backward()
+    ref(torch.from_numpy(X), torch.from_numpy(Y))[1].backward()
     expected = from_nanogpt({n: p.grad for n, p in ref.named_parameters()}, config)
-
-    def loss(p):
-        return cross_entropy(GPT(config).apply({"params": p}, x), y)
-
-    grads = jax.jit(jax.grad(loss))(params)
     rel = jax.tree.map(
         lambda g, e: float(np.abs(np.asarray(g) - e).max() / np.abs(e).max()), grads, expected
     )
@@ -133,8 +141,10 @@ def test_twenty_adamw_steps_match_torch_reference():
     assert param_err < 2e-3
 
 
-def test_greedy_generation_matches_torch_reference(pair):
-    config, ref, params = pair
+def test_greedy_generation_matches_torch_reference():
+    config = gpt2_tiny(True)
+    ref = perturbed_ref(config)
+    params = from_nanogpt(ref.state_dict(), config)
     prompt = tokens((2, 5), 4)
     # 20 new tokens from a 5-token prompt: the context passes block_size and is cropped
     expected = ref.generate(torch.from_numpy(prompt), 20, top_k=1).numpy()
@@ -169,17 +179,16 @@ def hf_logits(model, idx) -> np.ndarray:
 
 def test_logits_match_transformers_gpt2(hf_model):
     bundle = hf.from_model(hf_model)
-    idx = tokens((2, 16), 5)
-    err = np.abs(jax_logits(bundle.params, bundle.config, idx) - hf_logits(hf_model, idx)).max()
+    logits = np.asarray(logits_and_grads(bundle.params, X, Y, bundle.config)[0])
+    err = np.abs(logits - hf_logits(hf_model, X)).max()
     print(f"\nlogits vs transformers GPT2LMHeadModel: max abs {err:.2e}")
     assert err < 1e-5
 
 
 def test_exported_hf_directory_loads_in_transformers(pair, transformers, tmp_path):
-    config, _, params = pair
+    config, _, params, logits, _ = pair
     hf.save_dir(Bundle(params, config, hf.bpe_meta()), tmp_path / "hf")
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
-    idx = tokens((2, 16), 6)
-    err = np.abs(hf_logits(model, idx) - jax_logits(params, config, idx)).max()
+    err = np.abs(hf_logits(model, X) - logits).max()
     print(f"\njaxgpt -> HF directory -> transformers (bias={config.bias}): max abs {err:.2e}")
     assert err < 1e-5
