@@ -30,7 +30,7 @@ def read(kind: str, src: str, meta: str | None = None) -> Bundle:
     if kind == "hf":
         from jaxgpt import hf
 
-        return hf.load_dir(src)
+        return hf.load(src)  # a directory, or a GPT-2 name on the hub
     if kind == "nanogpt":
         from jaxgpt import nanogpt
 

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a model between jaxgpt, HF and nanoGPT")
     p.add_argument("--from", dest="src_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))
-    p.add_argument("src", help="HF directory, nanoGPT ckpt.pt (or its folder), jaxgpt out_dir")
+    p.add_argument("src", help="HF directory or gpt2*, nanoGPT ckpt.pt (or its folder), out_dir")
     p.add_argument("--to", dest="dst_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))
     p.add_argument("dst", help="destination (a new folder, or ckpt.pt for nanogpt)")
     p.add_argument("--meta", help="nanoGPT's meta.pkl: the character vocabulary")

@@ -59,7 +59,7 @@ def load(init_from: str) -> Bundle:
         return load_dir(download(init_from))
     if not Path(init_from).exists():
         names = ", ".join(GPT2_MODELS)
-        raise ConvertError(f"init_from={init_from!r}: not one of {names}, nor a directory")
+        raise ConvertError(f"{init_from!r} is neither a GPT-2 name ({names}) nor a directory")
     return load_dir(init_from)
 
 

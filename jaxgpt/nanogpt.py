@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgpt.config import ConfigError, TrainConfig, apply_overrides, to_dict
+from jaxgpt.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from jaxgpt.convert import (
     Bundle,
     ConvertError,
@@ -203,7 +203,7 @@ def save(bundle: Bundle, dst) -> Path:
     path = ckpt_path(dst, must_exist=False)
     if path.exists():
         raise ConvertError(f"{path} already exists; choose another destination")
-    run = TrainConfig(**bundle.run) if bundle.run else TrainConfig()
+    run = from_dict(TrainConfig, bundle.run) if bundle.run else TrainConfig()
     sd = {k: _tensor(v) for k, v in to_nanogpt(bundle.params, bundle.config).items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied, as in nanoGPT's model
     best = bundle.best_val_loss if np.isfinite(bundle.best_val_loss) else NANOGPT_INIT_BEST
