@@ -1,8 +1,9 @@
 """The `jaxgpt` command: parses arguments and wires the package together.
 
-    jaxgpt prepare shakespeare_char [--input FILE] [--data_dir DIR]
+    jaxgpt prepare shakespeare_char|shakespeare|openwebtext [--input FILE] [--data_dir DIR]
     jaxgpt train [CONFIG.py] [--key=value ...]
     jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
+    jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
 stderr and exit status 2.
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from jaxgpt.checkpoint import CheckpointError
 from jaxgpt.config import ConfigError
+from jaxgpt.convert import ConvertError
 from jaxgpt.data import DataError
 from jaxgpt.tokenizer import TokenizerError
 
-USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -30,8 +32,27 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         if not args.input or not args.name:
             raise DataError("prepare char needs --input FILE and --name NAME")
         summary = prepare.prepare_char(prepare.read_text(args.input), args.data_dir, args.name)
+    elif args.dataset == "shakespeare":
+        from jaxgpt import prepare_bpe
+
+        text = prepare.shakespeare_text(args.input)
+        summary = prepare_bpe.prepare_shakespeare(text, args.data_dir, args.name or "shakespeare")
+    elif args.dataset == "openwebtext":
+        from jaxgpt import prepare_bpe
+
+        summary = prepare_bpe.prepare_corpus(
+            args.data_dir,
+            args.name or "openwebtext",
+            args.hf_dataset,
+            args.input,
+            args.num_proc,
+            args.val_fraction,
+        )
     else:
-        raise DataError(f"unknown dataset {args.dataset!r}: use shakespeare_char or char")
+        raise DataError(
+            f"unknown dataset {args.dataset!r}: use shakespeare_char, char, shakespeare "
+            "or openwebtext"
+        )
     print(
         f"wrote {summary['dir']}: vocab {summary['vocab_size']:,}, "
         f"train {summary['train_tokens']:,} tokens, val {summary['val_tokens']:,} tokens"
@@ -140,16 +161,23 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sp = SamplingParams(args.temperature, args.top_k or None, args.top_p)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _, meta = checkpoint.restore_meta(args.out_dir)
-    model_cfg = checkpoint.model_config(meta)
-    tok = tokenizer.from_meta(meta["tokenizer"])
+    if args.init_from == "resume":
+        _, meta = checkpoint.restore_meta(args.out_dir)
+        model_cfg, tok_meta = checkpoint.model_config(meta), meta["tokenizer"]
+    else:  # GPT-2 weights: a hub name or a Hugging Face directory
+        from jaxgpt import hf
+
+        pretrained = hf.load(args.init_from)
+        model_cfg, tok_meta, params = pretrained.config, pretrained.tokenizer, pretrained.params
+    tok = tokenizer.from_meta(tok_meta)
     prompt = tok.encode(read_start(args.start))
     if not prompt:
         raise DataError("--start is empty: give at least one character")
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), unbox(abstract_params(model_cfg))
-    )
-    _, params, _ = checkpoint.restore_params(args.out_dir, abstract)
+    if args.init_from == "resume":
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), unbox(abstract_params(model_cfg))
+        )
+        _, params, _ = checkpoint.restore_params(args.out_dir, abstract)
     prompts = np.tile(np.asarray(prompt, np.int32), (args.num_samples, 1))
     stream = args.num_samples == 1 and sys.stdout.isatty()
     chunks = []
@@ -167,15 +195,38 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("---------------")
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from jaxgpt import bridge
+
+    bundle, written = bridge.convert(
+        args.src_format, args.src, args.dst_format, args.dst, args.meta
+    )
+    for note in bundle.notes:
+        print(f"note: {note}")
+    c = bundle.config
+    print(
+        f"wrote {written} ({args.dst_format}): {c.n_layer} layers, {c.n_head} heads, "
+        f"{c.n_embd} embd, block {c.block_size}, vocab {c.vocab_size}, "
+        f"tokenizer {bundle.tokenizer['kind']}, iter {bundle.iter_num}, "
+        f"optimizer state {'yes' if bundle.moments is not None else 'no'}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="tokenize a dataset into train.bin/val.bin/meta.json")
-    p.add_argument("dataset", help="shakespeare_char | char")
-    p.add_argument("--input", help="local text file (else a cached copy, else download)")
+    p.add_argument("dataset", help="shakespeare_char | char | shakespeare | openwebtext")
+    p.add_argument(
+        "--input",
+        help="local text file (openwebtext: a file, folder or glob of .txt/.jsonl documents)",
+    )
     p.add_argument("--data_dir", default="data", help="where datasets go (default: data)")
     p.add_argument("--name", help="dataset name under data_dir (required for `char`)")
+    p.add_argument("--hf_dataset", help="openwebtext: a HF dataset name (default openwebtext)")
+    p.add_argument("--num_proc", type=int, default=None, help="tokenizer processes")
+    p.add_argument("--val_fraction", type=float, default=0.0005, help="openwebtext val split")
 
     sub.add_parser("train", help="train a model: jaxgpt train [CONFIG.py] [--key=value ...]")
 
@@ -188,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--out_dir", default="out", help="checkpoint folder (default: out)")
+    p.add_argument("--init_from", default="resume", help="resume (out_dir) | gpt2* | HF directory")
     p.add_argument("--start", default="\n", help="prompt text, or FILE:path")
     p.add_argument("--num_samples", type=int, default=10)
     p.add_argument("--max_new_tokens", type=int, default=500)
@@ -195,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337)
+
+    p = sub.add_parser("convert", help="convert a model between jaxgpt, HF and nanoGPT")
+    p.add_argument("--from", dest="src_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))
+    p.add_argument("src", help="HF directory or gpt2*, nanoGPT ckpt.pt (or its folder), out_dir")
+    p.add_argument("--to", dest="dst_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))
+    p.add_argument("dst", help="destination (a new folder, or ckpt.pt for nanogpt)")
+    p.add_argument("--meta", help="nanoGPT's meta.pkl: the character vocabulary")
     return parser
 
 
@@ -208,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_bench(argv[1:])
         else:
             args = parser.parse_args(argv)
-            {"prepare": cmd_prepare, "sample": cmd_sample}[args.command](args)
+            commands = {"prepare": cmd_prepare, "sample": cmd_sample, "convert": cmd_convert}
+            commands[args.command](args)
     except USER_ERRORS as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
         return 2

@@ -74,6 +74,7 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
+    vocab_size: int = 0  # 0: the dataset's; nanoGPT pads GPT-2's 50257 to 50304 for speed
     # adamw optimizer
     learning_rate: float = 6e-4
     max_iters: int = 600000

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxgpt import checkpoint, data, sharding, train
-from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, to_dict
+from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
 from jaxgpt.mfu import device_peak, flops_per_token
 from jaxgpt.model import abstract_params, num_params, unbox
 
@@ -42,13 +42,48 @@ def log(*args) -> None:
         print(*args, flush=True)
 
 
-def _check_resume_shape(ckpt_model: GPTConfig, model_cfg: GPTConfig) -> None:
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
-        old, new = getattr(ckpt_model, key), getattr(model_cfg, key)
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+
+
+def _resume_model(cfg: TrainConfig, ckpt_meta: dict, vocab: int) -> GPTConfig:
+    """The model to resume: the checkpoint's (as nanoGPT), with this run's dropout and
+    compute options. The run must ask for the shape the checkpoint's run asked for (a
+    run started from GPT-2 weights took its shape from the weights, not the config)."""
+    saved = from_dict(TrainConfig, ckpt_meta["config"])
+    for key in SHAPE_KEYS:
+        old, new = getattr(saved, key), getattr(cfg, key)
         if old != new:
             raise ConfigError(
-                f"cannot resume: checkpoint has {key}={old} but this run asks for {key}={new}"
+                f"cannot resume: checkpoint was trained with {key}={old} but this run asks "
+                f"for {key}={new}"
             )
+    model = checkpoint.model_config(ckpt_meta)
+    _check_vocab(vocab, model)
+    return dataclasses.replace(
+        model,
+        dropout=cfg.dropout,
+        dtype=cfg.dtype,
+        attention=cfg.attention,
+        remat=cfg.remat,
+        scan_layers=model.scan_layers,  # the checkpoint's parameter layout
+    )
+
+
+def _check_vocab(vocab: int, model: GPTConfig) -> None:
+    if vocab > model.vocab_size:
+        raise ConfigError(
+            f"the dataset has {vocab} tokens but the model's vocab_size is {model.vocab_size}"
+        )
+
+
+def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh):
+    """nanoGPT's init_from=gpt2*: weights and model shape from GPT-2 (hub or directory)."""
+    from jaxgpt import hf
+
+    log(f"initializing from pretrained weights: {cfg.init_from}")
+    params, model_cfg = hf.for_run(hf.load(cfg.init_from), cfg)
+    _check_vocab(vocab, model_cfg)
+    return train.state_from_params(params, model_cfg, tx, mesh), model_cfg
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -69,8 +104,7 @@ def setup(cfg: TrainConfig) -> Run:
     iter_num, best_val_loss = 0, float("inf")
     if cfg.init_from == "resume":
         _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
-        _check_resume_shape(checkpoint.model_config(ckpt_meta), cfg.model_config(vocab))
-        model_cfg = cfg.model_config(vocab)
+        model_cfg = _resume_model(cfg, ckpt_meta, vocab)
         shardings = train.state_shardings(model_cfg, tx, mesh)
         template = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -81,10 +115,12 @@ def setup(cfg: TrainConfig) -> Run:
         best_val_loss = ckpt_meta["best_val_loss"]
         log(f"resuming from {cfg.out_dir} at iter {iter_num}")
     elif cfg.init_from == "scratch":
-        model_cfg = cfg.model_config(vocab)
+        if 0 < cfg.vocab_size < vocab:
+            raise ConfigError(f"vocab_size={cfg.vocab_size} < the dataset's {vocab} tokens")
+        model_cfg = cfg.model_config(cfg.vocab_size or vocab)
         state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))
     else:
-        raise ConfigError(f"init_from={cfg.init_from!r}: use scratch or resume")
+        state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh)
     log(f"number of parameters: {num_params(state.params, model_cfg) / 1e6:.2f}M")
     return Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss)
 

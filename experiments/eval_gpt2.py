@@ -1,0 +1,19 @@
+"""Evaluate OpenAI's gpt2 (124M) on OpenWebText: nanoGPT's config/eval_gpt2.py.
+
+    jaxgpt prepare openwebtext
+    jaxgpt train experiments/eval_gpt2.py
+
+Loads the checkpoint through huggingface_hub (or --init_from=path/to/dir), evaluates
+500 batches of 8 x 1024 tokens per split and exits (eval_only). Expected, as nanoGPT
+measured: train loss 3.11, val loss 3.12. bfloat16 compute on an accelerator
+(--dtype=float32 to check on a CPU).
+"""
+
+config = dict(
+    init_from="gpt2",
+    dataset="openwebtext",
+    batch_size=8,
+    eval_iters=500,  # use more iterations to get a good estimate
+    eval_only=True,
+    dtype="bfloat16",
+)

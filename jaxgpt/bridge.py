@@ -1,0 +1,170 @@
+"""`jaxgpt convert`: read a model in one format, write it in another.
+
+Formats: `jaxgpt` (an out_dir of orbax checkpoints, see checkpoint.py), `hf` (a Hugging
+Face GPT-2 directory, see hf.py) and `nanogpt` (a ckpt.pt, see nanogpt.py). Every reader
+returns a convert.Bundle: the parameters in jaxgpt's layout with the config and tokenizer,
+and the run's progress and AdamW state where the format has them. A jaxgpt checkpoint
+written here is one `jaxgpt sample --out_dir` and `jaxgpt train --init_from=resume` take.
+"""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgpt import checkpoint, train
+from jaxgpt.config import TrainConfig, from_dict, to_dict
+from jaxgpt.convert import Bundle, ConvertError, Moments, stack_layers, unstack_layers
+from jaxgpt.model import abstract_params, unbox
+
+FORMATS = ("hf", "nanogpt", "jaxgpt")
+
+
+def read(kind: str, src: str, meta: str | None = None) -> Bundle:
+    if meta and kind != "nanogpt":
+        raise ConvertError("--meta is nanoGPT's meta.pkl: use it with --from nanogpt")
+    if kind == "hf":
+        from jaxgpt import hf
+
+        return hf.load(src)  # a directory, or a GPT-2 name on the hub
+    if kind == "nanogpt":
+        from jaxgpt import nanogpt
+
+        return nanogpt.load(src, meta)
+    if kind == "jaxgpt":
+        return load_checkpoint(src)
+    raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
+
+
+def write(bundle: Bundle, kind: str, dst: str) -> Path:
+    if kind == "hf":
+        from jaxgpt import hf
+
+        return hf.save_dir(bundle, dst)
+    if kind == "nanogpt":
+        from jaxgpt import nanogpt
+
+        return nanogpt.save(bundle, dst)
+    if kind == "jaxgpt":
+        return save_checkpoint(bundle, dst)
+    raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
+
+
+def convert(src_kind: str, src: str, dst_kind: str, dst: str, meta: str | None = None):
+    """Read src, write dst; returns (the Bundle, the path written)."""
+    for kind in (src_kind, dst_kind):
+        if kind not in FORMATS:
+            raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
+    bundle = read(src_kind, src, meta)
+    return bundle, write(bundle, dst_kind, dst)
+
+
+def _is_part(s) -> bool:
+    """The optax states that hold AdamW's averages and counts (see train.make_optimizer)."""
+    return isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState))
+
+
+def with_moments(opt_state, moments: Moments, iter_num: int):
+    """jaxgpt's optax state (make_optimizer) with AdamW's averages and counts set: the
+    Adam count from the source's step, the schedule's from iter_num (as nanoGPT's lr)."""
+
+    def fix(s):
+        if isinstance(s, optax.ScaleByAdamState):
+            mu = jax.tree.map(jnp.asarray, moments.mu)
+            nu = jax.tree.map(jnp.asarray, moments.nu)
+            return s._replace(count=jnp.asarray(moments.count, s.count.dtype), mu=mu, nu=nu)
+        if isinstance(s, optax.ScaleByScheduleState):
+            return s._replace(count=jnp.asarray(iter_num, s.count.dtype))
+        return s
+
+    return jax.tree.map(fix, opt_state, is_leaf=_is_part)
+
+
+def moments_of(opt_state) -> Moments | None:
+    parts = jax.tree.leaves(opt_state, is_leaf=_is_part)
+    adam = [s for s in parts if isinstance(s, optax.ScaleByAdamState)]
+    if not adam:
+        return None
+    mu, nu = (unstack_layers(jax.tree.map(np.asarray, t)) for t in (adam[0].mu, adam[0].nu))
+    return Moments(mu, nu, int(adam[0].count))
+
+
+def load_checkpoint(out_dir: str) -> Bundle:
+    """The latest jaxgpt checkpoint in out_dir, with its optimizer state when it fits the
+    saved run config's optimizer."""
+    _, meta = checkpoint.restore_meta(out_dir)
+    config = checkpoint.model_config(meta)
+    run = from_dict(TrainConfig, meta["config"])
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    tx = train.make_optimizer(run)
+    abstract = jax.eval_shape(lambda: train.init_state(unbox(abstract_params(config)), tx))
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
+    )
+    moments = None
+    try:
+        _, state, _ = checkpoint.restore(out_dir, abstract)
+        params, moments = state.params, moments_of(state.opt_state)
+    except checkpoint.CheckpointError:
+        _, params, _ = checkpoint.restore_params(out_dir, abstract.params)
+    params = unstack_layers(jax.tree.map(np.asarray, params))
+    best = meta.get("best_val_loss", math.inf)
+    return Bundle(
+        params=params,
+        config=config,
+        tokenizer=meta["tokenizer"],
+        run=meta["config"],
+        iter_num=int(meta.get("iter_num", 0)),
+        best_val_loss=float(best) if best is not None else math.inf,
+        moments=moments,
+    )
+
+
+def _run_for(bundle: Bundle, out_dir: str) -> TrainConfig:
+    """The run config saved with a converted checkpoint: the source's, else one that
+    describes the model."""
+    if bundle.run:
+        run = from_dict(TrainConfig, bundle.run)
+    else:
+        shape = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")
+        run = TrainConfig(**{k: getattr(bundle.config, k) for k in shape})
+    return dataclasses.replace(run, out_dir=str(out_dir), init_from="resume")
+
+
+def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
+    """Write bundle as checkpoint iter_num of a jaxgpt out_dir."""
+    if checkpoint.latest_step(out_dir) is not None:
+        raise ConvertError(f"{out_dir} already holds a checkpoint; choose an empty folder")
+    run = _run_for(bundle, out_dir)
+    config = bundle.config
+    params = bundle.params
+    if config.scan_layers:
+        params = stack_layers(params, config.n_layer)
+    tx = train.make_optimizer(run)
+    state = train.init_state(jax.tree.map(jnp.asarray, params), tx)
+    state = state.replace(step=jnp.asarray(bundle.iter_num, jnp.int32))
+    if bundle.moments is not None:
+        moments = bundle.moments
+        if config.scan_layers:
+            moments = Moments(
+                stack_layers(moments.mu, config.n_layer),
+                stack_layers(moments.nu, config.n_layer),
+                moments.count,
+            )
+        state = state.replace(opt_state=with_moments(state.opt_state, moments, bundle.iter_num))
+    meta = {
+        "config": to_dict(run),
+        "model": to_dict(config),
+        "tokenizer": bundle.tokenizer,
+        "iter_num": bundle.iter_num,
+        "best_val_loss": bundle.best_val_loss,
+    }
+    mngr = checkpoint.manager(out_dir, keep=run.keep_checkpoints)
+    checkpoint.save(mngr, bundle.iter_num, state, meta)
+    mngr.wait_until_finished()
+    mngr.close()
+    return Path(out_dir)

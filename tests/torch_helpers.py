@@ -1,0 +1,46 @@
+"""PyTorch-side helpers shared by the parity and conversion tests (needs torch)."""
+
+import math
+
+import torch
+
+from jaxgpt import torch_ref
+from jaxgpt.config import GPTConfig, TrainConfig
+
+
+def perturbed_ref(config: GPTConfig, seed: int = 0):
+    """A torch_ref GPT at nanoGPT's init plus noise, so biases and LayerNorms matter."""
+    torch.manual_seed(seed)
+    model = torch_ref.GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+def nanogpt_lr(it: int, cfg: TrainConfig) -> float:
+    """nanoGPT's get_lr, written out independently of jaxgpt.train.get_lr."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def torch_steps(ref, opt, batches, cfg: TrainConfig, start: int = 0) -> list[float]:
+    """nanoGPT's training step: accumulate loss / accum, clip, set lr, AdamW step."""
+    losses = []
+    for i, windows in enumerate(torch.from_numpy(batches).long()):
+        for group in opt.param_groups:
+            group["lr"] = nanogpt_lr(start + i, cfg)
+        total = 0.0
+        for w in windows:
+            loss = ref(w[:, :-1].contiguous(), w[:, 1:].contiguous())[1] / len(windows)
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
