@@ -10,6 +10,7 @@ torch is not needed to convert.
 import numpy as np
 
 from jaxgpt.config import GPTConfig
+from jaxgpt.model import stack_layers, unstack_layers
 
 
 def _np(x) -> np.ndarray:
@@ -56,7 +57,10 @@ def _put(tree: dict, path: str, value) -> None:
 
 
 def to_nanogpt(params: dict, config: GPTConfig) -> dict[str, np.ndarray]:
-    """jaxgpt parameters -> nanoGPT state_dict arrays (lm_head.weight shares wte)."""
+    """jaxgpt parameters (per-layer or scan-stacked) -> nanoGPT state_dict arrays
+    (lm_head.weight shares wte)."""
+    if "h" in params:  # scan_layers=True
+        params = unstack_layers(params)
     sd = {
         "transformer.wte.weight": _np(params["wte"]["embedding"]),
         "transformer.wpe.weight": _np(params["wpe"]["embedding"]),
@@ -82,7 +86,8 @@ def strip_prefix(state_dict: dict) -> dict:
 
 
 def from_nanogpt(state_dict: dict, config: GPTConfig) -> dict:
-    """nanoGPT state_dict (torch tensors or arrays) -> jaxgpt parameters (numpy float32).
+    """nanoGPT state_dict (torch tensors or arrays) -> jaxgpt parameters (numpy float32),
+    stacked under `h` when config.scan_layers.
 
     Raises KeyError naming the first missing key and ValueError on a shape mismatch.
     """
@@ -113,4 +118,4 @@ def from_nanogpt(state_dict: dict, config: GPTConfig) -> dict:
         if config.bias:
             norm["bias"] = take(f"{prefix}.bias", (C,))
         _put(params, path, norm)
-    return params
+    return stack_layers(params) if config.scan_layers else params
