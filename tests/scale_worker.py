@@ -121,11 +121,12 @@ def parity(out: str) -> None:
     model_cfg = cfg.model_config(vocab_size=32)
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 32, (1, cfg.batch_size, cfg.block_size + 1)) for _ in range(2)]
-    one = sharding.make_mesh(dataclasses.replace(cfg, mesh_data=1), jax.devices()[:1])
+    one_device = jax.devices()[:1]
+    one = sharding.make_mesh(dataclasses.replace(cfg, mesh_data=1), one_device)
     tx = train.make_optimizer(cfg)
     host_state = jax.device_get(train.create_state(model_cfg, tx, one, jax.random.key(0)))
     _, ref, ref_losses = _steps(
-        dataclasses.replace(cfg, mesh_data=1), model_cfg, host_state, batches, jax.devices()[:1]
+        dataclasses.replace(cfg, mesh_data=1), model_cfg, host_state, batches, one_device
     )
     result = {"ref_losses": ref_losses, "n_devices": jax.device_count()}
     for name, mesh_kw in MESHES.items():
@@ -140,6 +141,26 @@ def parity(out: str) -> None:
             "param_fractions": _shard_fractions(state.params),
             "adam_fractions": _shard_fractions(state.opt_state),
         }
+    # gradient accumulation under FSDP: 4 x 8 rows on 8 devices vs 32 rows on one device
+    # (without dropout, whose masks depend on the micro-step)
+    big = rng.integers(0, 32, (1, 32, cfg.block_size + 1))
+    no_dropout = dataclasses.replace(model_cfg, dropout=0.0)
+    fsdp = dict(mesh_data=1, mesh_fsdp=8, gradient_accumulation_steps=4)
+    _, acc, acc_loss = _steps(
+        dataclasses.replace(cfg, **fsdp), no_dropout, host_state, [big.reshape(4, 8, -1)], None
+    )  # None: all 8 devices
+    _, one_big, big_loss = _steps(
+        dataclasses.replace(cfg, mesh_data=1, batch_size=32),
+        no_dropout,
+        host_state,
+        [big],
+        one_device,
+    )
+    result["accum"] = {
+        "loss_diff": abs(acc_loss[0] - big_loss[0]),
+        "params_diff": _max_diff(acc.params, one_big.params),
+        "adam_rel_diff": _rel_diff(acc.opt_state, one_big.opt_state),
+    }
     data = ["--data_dir=/nonexistent", "--dataset=none"]
     result["cli"] = {
         "batch": _cli_error(["train", *data, "--batch_size=12", "--mesh_fsdp=8", "--mesh_data=1"]),
