@@ -18,8 +18,8 @@ import optax
 
 from jaxgpt import checkpoint, train
 from jaxgpt.config import TrainConfig, from_dict, to_dict
-from jaxgpt.convert import Bundle, ConvertError, Moments, stack_layers, unstack_layers
-from jaxgpt.model import abstract_params, unbox
+from jaxgpt.convert import Bundle, ConvertError, Moments
+from jaxgpt.model import abstract_params, stack_layers, unbox, unstack_layers
 
 FORMATS = ("hf", "nanogpt", "jaxgpt")
 
@@ -143,7 +143,7 @@ def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
     config = bundle.config
     params = bundle.params
     if config.scan_layers:
-        params = stack_layers(params, config.n_layer)
+        params = stack_layers(params)
     tx = train.make_optimizer(run)
     state = train.init_state(jax.tree.map(jnp.asarray, params), tx)
     state = state.replace(step=jnp.asarray(bundle.iter_num, jnp.int32))
@@ -151,8 +151,8 @@ def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
         moments = bundle.moments
         if config.scan_layers:
             moments = Moments(
-                stack_layers(moments.mu, config.n_layer),
-                stack_layers(moments.nu, config.n_layer),
+                stack_layers(moments.mu),
+                stack_layers(moments.nu),
                 moments.count,
             )
         state = state.replace(opt_state=with_moments(state.opt_state, moments, bundle.iter_num))

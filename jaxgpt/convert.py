@@ -13,10 +13,10 @@ are numpy float32 here; torch is not needed to convert.
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from jaxgpt.config import ConfigError, GPTConfig
+from jaxgpt.model import stack_layers, unstack_layers
 
 
 class ConvertError(ValueError):
@@ -67,7 +67,10 @@ def _put(tree: dict, path: str, value) -> None:
 
 
 def to_nanogpt(params: dict, config: GPTConfig) -> dict[str, np.ndarray]:
-    """jaxgpt parameters -> nanoGPT state_dict arrays (lm_head.weight shares wte)."""
+    """jaxgpt parameters (per-layer or scan-stacked) -> nanoGPT state_dict arrays
+    (lm_head.weight shares wte)."""
+    if "h" in params:  # scan_layers=True
+        params = unstack_layers(params)
     sd = {
         "transformer.wte.weight": _np(params["wte"]["embedding"]),
         "transformer.wpe.weight": _np(params["wpe"]["embedding"]),
@@ -93,7 +96,8 @@ def strip_prefix(state_dict: dict) -> dict:
 
 
 def from_nanogpt(state_dict: dict, config: GPTConfig) -> dict:
-    """nanoGPT state_dict (torch tensors or arrays) -> jaxgpt parameters (numpy float32).
+    """nanoGPT state_dict (torch tensors or arrays) -> jaxgpt parameters (numpy float32),
+    stacked under `h` when config.scan_layers.
 
     Raises ConvertError naming the first missing key or mismatched shape, or an lm_head
     that is not tied to wte.
@@ -132,7 +136,7 @@ def from_nanogpt(state_dict: dict, config: GPTConfig) -> dict:
         _np(sd["lm_head.weight"]), params["wte"]["embedding"]
     ):
         raise ConvertError("lm_head.weight differs from transformer.wte.weight: not a tied GPT")
-    return params
+    return stack_layers(params) if config.scan_layers else params
 
 
 def _describe(config: GPTConfig) -> str:
@@ -293,26 +297,6 @@ def hf_config(config: GPTConfig) -> dict:
         "eos_token_id": 50256 if config.vocab_size > 50256 else None,
         "dtype": "float32",
     }
-
-
-# scan_layers models keep the blocks stacked under `h` with a leading layer axis
-def stack_layers(params: dict, n_layer: int) -> dict:
-    """h_0..h_{n-1} -> h with a leading (n_layer,) axis, the layout of scan_layers=True."""
-    blocks = [params[f"h_{i}"] for i in range(n_layer)]
-    out = {k: v for k, v in params.items() if not k.startswith("h_")}
-    out["h"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
-    return out
-
-
-def unstack_layers(params: dict) -> dict:
-    """The inverse of stack_layers; params without a stacked `h` come back unchanged."""
-    if "h" not in params:
-        return params
-    out = {k: v for k, v in params.items() if k != "h"}
-    n_layer = len(jax.tree.leaves(params["h"])[0])
-    for i in range(n_layer):
-        out[f"h_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), params["h"])
-    return out
 
 
 @dataclasses.dataclass

@@ -24,9 +24,9 @@ from jaxgpt.convert import (
     config_from_hf,
     from_hf,
     hf_config,
-    stack_layers,
     to_hf,
 )
+from jaxgpt.model import stack_layers
 from jaxgpt.tokenizer import GPT2_BPE_ENV, BPETokenizer
 
 # OpenAI's checkpoints: (n_layer, n_head, n_embd); all have block 1024, vocab 50257, biases
@@ -187,5 +187,5 @@ def for_run(bundle: Bundle, cfg: TrainConfig) -> tuple[dict, GPTConfig]:
         scan_layers=cfg.scan_layers,
     )
     if model.scan_layers:
-        params = stack_layers(params, model.n_layer)
+        params = stack_layers(params)
     return params, model

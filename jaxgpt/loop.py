@@ -178,6 +178,11 @@ def train_loop(run: Run) -> dict:
     flops_per_iter *= tokens_per_iter
     peak, _ = device_peak(cfg.dtype)
     bar = _progress(cfg, run.iter_num)
+    # CPU collectives (gloo) have been seen to deadlock when processes with several local
+    # devices each dispatch steps ahead; waiting on every step there costs nothing that matters
+    sync = (
+        jax.process_count() > 1 and jax.local_device_count() > 1 and jax.default_backend() == "cpu"
+    )
     losses, state, iter_num = {}, run.state, run.iter_num
     t_log, iters_since_log = time.perf_counter(), 0
     while True:
@@ -194,6 +199,8 @@ def train_loop(run: Run) -> dict:
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
         state, metrics = step_fn(state, train_batch(run, iter_num))
+        if sync:
+            jax.block_until_ready(metrics)
         iters_since_log += k
         if iter_num % cfg.log_interval == 0:  # log the first of the k steps just run
             loss = float(np.ravel(jax.device_get(metrics["loss"]))[0])

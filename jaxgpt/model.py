@@ -16,6 +16,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgpt.config import GPTConfig
 from jaxgpt.ops import attention_impl, causal_attention, dense, gelu, logits_matmul
@@ -204,6 +205,32 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
     mask = targets >= 0
     return jnp.sum(jnp.where(mask, logz - picked, 0.0)) / jnp.maximum(mask.sum(), 1)
+
+
+def stack_layers(params: dict) -> dict:
+    """Per-layer parameters h_0, h_1, ... -> one tree `h` with a leading layers axis (the
+    layout of scan_layers=True). Other entries are kept as they are."""
+    n_layer = sum(1 for k in params if k.startswith("h_"))
+    out = {k: v for k, v in params.items() if not k.startswith("h_")}
+    layers = [params[f"h_{i}"] for i in range(n_layer)]
+
+    def stack(*xs):  # numpy stays numpy (host memory), jax arrays and tracers use jnp
+        return np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs)
+
+    out["h"] = jax.tree.map(stack, *layers)
+    return out
+
+
+def unstack_layers(params: dict) -> dict:
+    """The stacked `h` tree of scan_layers=True -> per-layer h_0, h_1, ... (the inverse);
+    per-layer parameters come back unchanged."""
+    if "h" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "h"}
+    n_layer = jax.tree.leaves(params["h"])[0].shape[0]
+    for i in range(n_layer):
+        out[f"h_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["h"])
+    return out
 
 
 def unbox(tree):

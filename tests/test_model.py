@@ -10,7 +10,15 @@ import pytest
 from conftest import TINY_MODEL
 
 from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT, abstract_params, cross_entropy, init_params, num_params, unbox
+from jaxgpt.model import (
+    GPT,
+    abstract_params,
+    cross_entropy,
+    init_params,
+    num_params,
+    stack_layers,
+    unbox,
+)
 
 CPU_CONFIG = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False)
 GPU_CONFIG = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False)
@@ -85,8 +93,7 @@ def test_scan_and_remat_compute_the_same_function():
     params = init_params(TINY_MODEL, jax.random.key(0))
     idx = jax.random.randint(jax.random.key(1), (2, 16), 0, TINY_MODEL.vocab_size)
     ref = GPT(TINY_MODEL).apply({"params": params}, idx)
-    stacked = {k: v for k, v in params.items() if not k.startswith("h_")}
-    stacked["h"] = jax.tree.map(lambda *xs: jnp.stack(xs), params["h_0"], params["h_1"])
+    stacked = stack_layers(params)
     for kw in (dict(scan_layers=True), dict(scan_layers=True, remat=True)):
         cfg = GPTConfig(**{**TINY_MODEL.__dict__, **kw})
         out = GPT(cfg).apply({"params": stacked}, idx)
