@@ -3,6 +3,7 @@
     jaxgpt prepare shakespeare_char [--input FILE] [--data_dir DIR]
     jaxgpt train [CONFIG.py] [--key=value ...]
     jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
+    jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
 stderr and exit status 2.
@@ -97,6 +98,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("---------------")
 
 
+def cmd_lecture(args: argparse.Namespace) -> None:
+    from jaxgpt import lecture
+
+    overrides = {k: getattr(args, k) for k in ("max_iters", "eval_interval", "eval_iters")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    stages = lecture.parse_stages(args.stages)
+    results = lecture.run_lecture(stages, args.input, args.data_dir, overrides)
+    print(lecture.format_table(results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337)
+
+    p = sub.add_parser("lecture", help="train the lecture's stages, bigram to GPT; print a table")
+    p.add_argument("--stages", default="1-6", help="e.g. 1-6 (default), 2,5, 7 or all")
+    p.add_argument("--input", help="tiny Shakespeare text (else $JAXGPT_SHAKESPEARE, data_dir)")
+    p.add_argument(
+        "--data_dir", default="data", help="where `jaxgpt prepare` wrote shakespeare_char"
+    )
+    for key in ("max_iters", "eval_interval", "eval_iters"):
+        p.add_argument(f"--{key}", type=int, help="override every stage's lecture setting")
     return parser
 
 
@@ -129,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_train(argv[1:])
         else:
             args = parser.parse_args(argv)
-            {"prepare": cmd_prepare, "sample": cmd_sample}[args.command](args)
+            commands = {"prepare": cmd_prepare, "sample": cmd_sample, "lecture": cmd_lecture}
+            commands[args.command](args)
     except USER_ERRORS as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
         return 2
