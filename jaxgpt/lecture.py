@@ -15,7 +15,9 @@ reproduced: `jaxgpt lecture` prints one table row per stage.
 
 The stage models mirror the lecture's PyTorch modules and their default init
 (nn.Embedding ~ N(0, 1), nn.Linear ~ U(+-1/sqrt(fan_in))); the optimizer is
-torch.optim.AdamW with its defaults (weight decay 0.01 on every parameter). Training and
+torch.optim.AdamW with its defaults (weight decay 0.01 on every parameter). One deliberate
+difference: attention scores are scaled by 1/sqrt(head_size), as in the lecture's final
+gpt.py, where its v2.py scaled by 1/sqrt(n_embd) (the same for the single head of 32). Training and
 evaluation reuse the project's code: data.get_batch for the batches, train.train_steps
 (several steps per compiled call, lax.scan) and train.eval_loss.
 """
@@ -245,7 +247,6 @@ STAGES = (
         "~1.48 (GPU)",
     ),
 )
-DEFAULT_STAGES = (1, 2, 3, 4, 5, 6)
 
 
 def parse_stages(text: str) -> list[int]:
@@ -318,7 +319,6 @@ class StageResult:
     seconds: float
     evals: list  # (step, train loss, val loss) at every evaluation
     train_losses: np.ndarray  # the loss of every training step
-    params_tree: dict
 
 
 def estimate_loss(eval_fn, params, splits: dict, cfg: TrainConfig, step: int) -> dict:
@@ -375,7 +375,6 @@ def train_stage(
         seconds=time.perf_counter() - t0,
         evals=evals,
         train_losses=np.concatenate(train_losses) if train_losses else np.zeros(0),
-        params_tree=state.params,
     )
 
 
