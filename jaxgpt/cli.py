@@ -4,6 +4,7 @@
     jaxgpt train [CONFIG.py] [--key=value ...]
     jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
     jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
+    jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
 stderr and exit status 2.
@@ -212,6 +213,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_lecture(args: argparse.Namespace) -> None:
+    from jaxgpt import lecture
+
+    overrides = {k: getattr(args, k) for k in ("max_iters", "eval_interval", "eval_iters")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    stages = lecture.parse_stages(args.stages)
+    results = lecture.run_lecture(stages, args.input, args.data_dir, overrides)
+    print(lecture.format_table(results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))
     p.add_argument("dst", help="destination (a new folder, or ckpt.pt for nanogpt)")
     p.add_argument("--meta", help="nanoGPT's meta.pkl: the character vocabulary")
+
+    p = sub.add_parser("lecture", help="train the lecture's stages, bigram to GPT; print a table")
+    p.add_argument("--stages", default="1-6", help="e.g. 1-6 (default), 2,5, 7 or all")
+    p.add_argument("--input", help="tiny Shakespeare text (else $JAXGPT_SHAKESPEARE, data_dir)")
+    p.add_argument(
+        "--data_dir", default="data", help="where `jaxgpt prepare` wrote shakespeare_char"
+    )
+    for key in ("max_iters", "eval_interval", "eval_iters"):
+        p.add_argument(f"--{key}", type=int, help="override every stage's lecture setting")
     return parser
 
 
@@ -267,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd_bench(argv[1:])
         else:
             args = parser.parse_args(argv)
-            commands = {"prepare": cmd_prepare, "sample": cmd_sample, "convert": cmd_convert}
+            commands = {
+                "prepare": cmd_prepare,
+                "sample": cmd_sample,
+                "convert": cmd_convert,
+                "lecture": cmd_lecture,
+            }
             commands[args.command](args)
     except USER_ERRORS as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
