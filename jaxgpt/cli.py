@@ -3,9 +3,11 @@
     jaxgpt prepare shakespeare_char [--input FILE] [--data_dir DIR]
     jaxgpt train [CONFIG.py] [--key=value ...]
     jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
+    jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
-stderr and exit status 2.
+stderr and exit status 2; a run stopped by non-finite losses exits 1, one stopped by
+Ctrl-C exits 130 after saving its checkpoint.
 """
 
 import argparse
@@ -15,6 +17,7 @@ from pathlib import Path
 from jaxgpt.checkpoint import CheckpointError
 from jaxgpt.config import ConfigError
 from jaxgpt.data import DataError
+from jaxgpt.faults import NonFiniteError
 from jaxgpt.tokenizer import TokenizerError
 
 USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError)
@@ -38,14 +41,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_train(argv: list[str]) -> None:
+def cmd_train(argv: list[str]) -> int:
     from jaxgpt.config import load_train_config
 
     config_file = argv[0] if argv and not argv[0].startswith("--") else None
     cfg = load_train_config(config_file, argv[1:] if config_file else argv)
-    from jaxgpt.loop import run_training
+    from jaxgpt import loop
 
-    run_training(cfg)
+    run = loop.setup(cfg)
+    loop.train_loop(run)
+    return loop.exit_code(run)
 
 
 def read_start(start: str) -> str:
@@ -97,6 +102,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("---------------")
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from jaxgpt import plot
+
+    output = args.output or str(Path(args.out_dirs[0]) / "plot.png")
+    plot.plot_runs(args.out_dirs, output)
+    print(f"wrote {output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337)
+
+    p = sub.add_parser("plot", help="plot loss and learning rate of one or several runs")
+    p.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="run folders (metrics.jsonl)")
+    p.add_argument("--output", help="PNG to write (default: OUT_DIR/plot.png of the first)")
     return parser
 
 
@@ -126,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         if argv and argv[0] == "train":
-            cmd_train(argv[1:])
-        else:
-            args = parser.parse_args(argv)
-            {"prepare": cmd_prepare, "sample": cmd_sample}[args.command](args)
+            return cmd_train(argv[1:])
+        args = parser.parse_args(argv)
+        commands = {"prepare": cmd_prepare, "sample": cmd_sample, "plot": cmd_plot}
+        commands[args.command](args)
     except USER_ERRORS as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # the run diverged: not the user's input, exit 1
+        print(f"jaxgpt: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
