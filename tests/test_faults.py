@@ -1,7 +1,9 @@
 """Faults: SIGKILL at random moments and mid-checkpoint, SIGTERM, non-finite losses."""
 
+import dataclasses
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +105,25 @@ def test_sigterm_saves_at_the_current_step_and_exits_0(data_dir, tmp_path):
     steps = [r["step"] for r in read_jsonl(str(out)) if r["kind"] == "train"]
     assert steps == list(range(step + 5))  # no gap, no repeat
     assert complete_steps(out) == [step, step + 5]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(data_dir, tmp_path):
+    """A multi-process run (jax.distributed on localhost, one CPU device per process, as
+    the processes of a TPU pod slice): SIGTERM reaches one process only, as a TPU VM's
+    maintenance notice would; JAX's preemption service makes both save the same step."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = tiny_run(data_dir, str(tmp_path), max_iters=100_000, eval_interval=50_000)
+    cfg = dataclasses.replace(cfg, log_interval=1, num_processes=2)
+    cfg = dataclasses.replace(cfg, coordinator_address=f"127.0.0.1:{port}")
+    procs = [TrainProcess(train_args(dataclasses.replace(cfg, process_id=i))) for i in range(2)]
+    procs[0].wait_for("iter 20:")  # process 0 logs for both
+    procs[1].proc.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in procs] == [0, 0], procs[1].output()
+    stop = [x for x in procs[0].lines if x.startswith("preemption notice: stopped at iter")]
+    step = int(stop[0].split("iter ")[1].split(",")[0])
+    assert step > 20 and complete_steps(tmp_path) == [step], procs[0].output()
 
 
 def test_second_signal_exits_at_once():
