@@ -163,16 +163,12 @@ def train_batch(run: Run, step: int) -> jax.Array:
     shape = (cfg.gradient_accumulation_steps, cfg.batch_size)
 
     def windows(rows):
-        per_step = [
-            faults.poison(
-                data.get_batch(
-                    run.splits["train"], cfg.block_size, shape, cfg.seed, "train", s, rows
-                ),
-                s,
-                run.model_cfg.vocab_size,
+        per_step = []
+        for s in range(step, step + cfg.steps_per_call):
+            w = data.get_batch(
+                run.splits["train"], cfg.block_size, shape, cfg.seed, "train", s, rows
             )
-            for s in range(step, step + cfg.steps_per_call)
-        ]
+            per_step.append(faults.poison(w, s, run.model_cfg.vocab_size))  # a test hook
         return np.stack(per_step) if cfg.steps_per_call > 1 else per_step[0]
 
     full = (cfg.steps_per_call,) + shape if cfg.steps_per_call > 1 else shape
@@ -219,10 +215,10 @@ def train_loop(run: Run) -> dict:
                     break
                 run.state, step_metrics = step_fn(run.state, train_batch(run, run.iter_num))
                 watch.push(run.iter_num, step_metrics)
+                rep.advance(k)
                 if run.iter_num % cfg.log_interval == 0:  # the first of the k steps just run
                     rep.train(run.iter_num, step_metrics)
                 run.iter_num += k
-                rep.advance(k)
             watch.flush()
     except faults.NonFiniteError as e:
         rep.stop(run.iter_num, "nonfinite", str(e))

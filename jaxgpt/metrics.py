@@ -69,7 +69,7 @@ class Reporter:
 
             logdir = str(Path(cfg.out_dir) / TENSORBOARD_DIR)
             # purge_step hides the events a killed earlier segment wrote past `start`
-            self.tb = SummaryWriter(logdir, purge_step=start or None, flush_secs=30)
+            self.tb = SummaryWriter(logdir, purge_step=start, flush_secs=30)
         if cfg.wandb_log and not cfg.eval_only:
             import wandb
 
@@ -104,12 +104,13 @@ class Reporter:
             self.bar.update(k)
 
     def train(self, step: int, metrics: dict) -> None:
-        """nanoGPT's `iter` line for the first of the steps just run, and its metrics."""
+        """nanoGPT's `iter` line for the first of the steps just run (call after advance),
+        with the mean time per iteration since the last line."""
+        m = jax.device_get({k: metrics[k] for k in ("loss", "lr", "grad_norm")})  # waits
         dt = (time.perf_counter() - self._t_log) / max(self._iters, 1)
         self._t_log, self._iters = time.perf_counter(), 0
         if not self.primary:
             return
-        m = jax.device_get({k: metrics[k] for k in ("loss", "lr", "grad_norm")})
         loss, lr, grad_norm = _first(m["loss"]), _first(m["lr"]), _first(m["grad_norm"])
         tok_s = self.tokens_per_iter / dt
         mfu = self.flops_per_iter / dt / self.peak * 100 if self.peak else None
