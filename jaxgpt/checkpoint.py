@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgpt import faults
 from jaxgpt.config import GPTConfig, from_dict
 
 
@@ -32,7 +33,9 @@ def manager(out_dir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointM
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> bool:
     """Start saving `state` and `meta` as checkpoint `step` (async: wait_until_finished)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    return mngr.save(step, args=args)
+    started = mngr.save(step, args=args)
+    faults.kill_in_save(step, mngr.directory)  # a test hook, off unless its env var is set
+    return started
 
 
 def latest_step(out_dir: str) -> int | None:

@@ -5,9 +5,11 @@
     jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
     jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
     jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
+    jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
-stderr and exit status 2.
+stderr and exit status 2; a run stopped by non-finite losses exits 1, one stopped by
+Ctrl-C exits 130 after saving its checkpoint.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from jaxgpt.checkpoint import CheckpointError
 from jaxgpt.config import ConfigError
 from jaxgpt.convert import ConvertError
 from jaxgpt.data import DataError
+from jaxgpt.faults import NonFiniteError
 from jaxgpt.tokenizer import TokenizerError
 
 USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
@@ -60,14 +63,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_train(argv: list[str]) -> None:
+def cmd_train(argv: list[str]) -> int:
     from jaxgpt.config import load_train_config
 
     config_file = argv[0] if argv and not argv[0].startswith("--") else None
     cfg = load_train_config(config_file, argv[1:] if config_file else argv)
-    from jaxgpt.loop import run_training
+    from jaxgpt import loop
 
-    run_training(cfg)
+    run = loop.setup(cfg)
+    loop.train_loop(run)
+    return loop.exit_code(run)
 
 
 BENCH_OPTIONS = {  # bench's own options and their defaults; other keys are TrainConfig's
@@ -223,6 +228,14 @@ def cmd_lecture(args: argparse.Namespace) -> None:
     print(lecture.format_table(results))
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from jaxgpt import plot
+
+    output = args.output or str(Path(args.out_dirs[0]) / "plot.png")
+    plot.plot_runs(args.out_dirs, output)
+    print(f"wrote {output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for key in ("max_iters", "eval_interval", "eval_iters"):
         p.add_argument(f"--{key}", type=int, help="override every stage's lecture setting")
+
+    p = sub.add_parser("plot", help="plot loss and learning rate of one or several runs")
+    p.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="run folders (metrics.jsonl)")
+    p.add_argument("--output", help="PNG to write (default: OUT_DIR/plot.png of the first)")
     return parser
 
 
@@ -282,21 +299,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         if argv and argv[0] == "train":
-            cmd_train(argv[1:])
-        elif argv and argv[0] == "bench":
+            return cmd_train(argv[1:])
+        if argv and argv[0] == "bench":
             cmd_bench(argv[1:])
-        else:
-            args = parser.parse_args(argv)
-            commands = {
-                "prepare": cmd_prepare,
-                "sample": cmd_sample,
-                "convert": cmd_convert,
-                "lecture": cmd_lecture,
-            }
-            commands[args.command](args)
+            return 0
+        args = parser.parse_args(argv)
+        commands = {
+            "prepare": cmd_prepare,
+            "sample": cmd_sample,
+            "convert": cmd_convert,
+            "lecture": cmd_lecture,
+            "plot": cmd_plot,
+        }
+        commands[args.command](args)
     except USER_ERRORS as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # the run diverged: not the user's input, exit 1
+        print(f"jaxgpt: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -58,6 +58,8 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     init_from: str = "scratch"  # scratch | resume | gpt2* | path to a HF GPT-2 directory
     keep_checkpoints: int = 2  # complete checkpoints kept in out_dir
+    max_nonfinite_steps: int = 5  # stop after this many NaN/inf updates in a row (skipped)
+    tensorboard_log: bool = True  # event files in out_dir/tensorboard
     # wandb logging
     wandb_log: bool = False
     wandb_project: str = "owt"
@@ -105,7 +107,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size")
-        for key in positive + ("gradient_accumulation_steps", "steps_per_call"):
+        positive += ("gradient_accumulation_steps", "steps_per_call", "max_nonfinite_steps")
+        for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.max_iters < 0:

@@ -34,18 +34,36 @@ def load_meta(data_dir: str, dataset: str) -> dict:
     return json.loads(path.read_text())
 
 
-def load_split(data_dir: str, dataset: str, split: str, vocab_size: int | None = None):
-    """The split's tokens as a read-only uint16 memmap, checked for size and vocabulary."""
+def load_split(
+    data_dir: str,
+    dataset: str,
+    split: str,
+    vocab_size: int | None = None,
+    n_tokens: int | None = None,
+):
+    """The split's tokens as a read-only uint16 memmap, checked for size and vocabulary.
+
+    n_tokens: the count meta.json records (`<split>_tokens`, written by jaxgpt prepare);
+    a file of another size is truncated or of another dtype.
+    """
     path = dataset_dir(data_dir, dataset) / f"{split}.bin"
     if not path.is_file():
         raise DataError(f"missing {path}: run `jaxgpt prepare {dataset}` or set --data_dir")
     size = path.stat().st_size
     if size % 2:
         raise DataError(f"{path} has an odd size ({size} bytes): not a uint16 token file")
+    if n_tokens is not None and size != 2 * n_tokens:
+        raise DataError(
+            f"{path} has {size:,} bytes but meta.json says {n_tokens:,} uint16 tokens "
+            f"({2 * n_tokens:,} bytes): truncated or another dtype; run `jaxgpt prepare` again"
+        )
     data = np.memmap(path, dtype=np.uint16, mode="r")
     if vocab_size is not None and len(data):
-        # a cheap spot check on a sample: catches wrong dtype or another tokenizer's bins
-        sample = data[:: max(1, len(data) // 4096)]
+        # a cheap spot check on 8 runs of 1024 tokens: catches another tokenizer's bins and
+        # most wrong dtypes (the high halves of int32/float values); runs, not a strided
+        # sample, whose even stride would see only the low halves
+        starts = np.linspace(0, max(len(data) - 1024, 0), 8).astype(int)
+        sample = np.concatenate([data[i : i + 1024] for i in starts])
         if int(sample.max()) >= vocab_size:
             raise DataError(
                 f"{path} holds token id {int(sample.max())} >= vocab_size {vocab_size}: "

@@ -5,18 +5,22 @@ splits are evaluated on fixed batches and `step N: train loss X, val loss Y` is 
 a checkpoint is saved when val improves (or always, with always_save_checkpoint). The
 checkpoint of step k holds the state after k updates, so `init_from=resume` re-enters the
 loop at k and continues exactly as an uninterrupted run would.
+
+Faults (faults.py): SIGTERM/SIGINT saves a checkpoint at the current step and stops; an
+update with a non-finite loss or gradient is skipped inside the compiled step, and
+max_nonfinite_steps of them in a row stop the run. Reporting is metrics.py's.
 """
 
 import dataclasses
-import sys
-import time
+import signal
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxgpt import checkpoint, data, sharding, train
+from jaxgpt import checkpoint, data, faults, metrics, sharding, train
 from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
-from jaxgpt.mfu import device_peak, flops_per_token
 from jaxgpt.model import abstract_params, num_params, unbox
 
 EVAL_STREAM = 1  # data.get_batch stream of the fixed evaluation batches
@@ -35,11 +39,35 @@ class Run:
     state: train.TrainState
     iter_num: int
     best_val_loss: float
+    elapsed: float = 0.0  # seconds of training before this segment (from the checkpoint)
+    skipped: int = 0  # non-finite updates skipped so far
+    stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "preemption notice"
 
 
 def log(*args) -> None:
     if jax.process_index() == 0:
         print(*args, flush=True)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """out_dir must be a folder we can write, found before any training is done."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"out_dir {out_dir} is not writable ({reason}): set --out_dir") from None
+
+
+def _check_vocabulary(ckpt_tokenizer: dict, meta: dict, dataset: str) -> None:
+    keys = ("kind", "vocab_size", "chars", "encoding")
+    old, new = ({k: m.get(k) for k in keys} for m in (ckpt_tokenizer, meta))
+    if old != new:
+        raise ConfigError(
+            f"cannot resume: dataset {dataset!r} has another vocabulary ({new['kind']}, "
+            f"{new['vocab_size']} tokens) than the checkpoint ({old['kind']}, "
+            f"{old['vocab_size']} tokens): resume with the checkpoint's dataset"
+        )
 
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
@@ -93,17 +121,30 @@ def setup(cfg: TrainConfig) -> Run:
     sharding.check_batch(cfg, mesh)
     meta = data.load_meta(cfg.data_dir, cfg.dataset)
     vocab = meta["vocab_size"]
-    splits = {s: data.load_split(cfg.data_dir, cfg.dataset, s, vocab) for s in data.SPLITS}
+    splits = {
+        s: data.load_split(cfg.data_dir, cfg.dataset, s, vocab, meta.get(f"{s}_tokens"))
+        for s in data.SPLITS
+    }
     for name, split in splits.items():
         if len(split) <= cfg.block_size:
             raise ConfigError(
                 f"block_size={cfg.block_size} needs more than the {len(split)} tokens "
                 f"of the {name} split"
             )
+    metrics.check_wandb(cfg)
+    _check_out_dir(cfg.out_dir)
     tx = train.make_optimizer(cfg)
-    iter_num, best_val_loss = 0, float("inf")
+    iter_num, best_val_loss, ckpt_meta = 0, float("inf"), {}
+    if cfg.init_from != "resume" and not cfg.eval_only:
+        step = checkpoint.latest_step(cfg.out_dir)
+        if step is not None:
+            raise ConfigError(
+                f"out_dir {cfg.out_dir} already holds a run (checkpoint {step}): continue it "
+                "with --init_from=resume, or set another --out_dir"
+            )
     if cfg.init_from == "resume":
         _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
+        _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
         model_cfg = _resume_model(cfg, ckpt_meta, vocab)
         shardings = train.state_shardings(model_cfg, tx, mesh)
         template = jax.tree.map(
@@ -122,7 +163,9 @@ def setup(cfg: TrainConfig) -> Run:
     else:
         state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh)
     log(f"number of parameters: {num_params(state.params, model_cfg) / 1e6:.2f}M")
-    return Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss)
+    run = Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss)
+    run.elapsed, run.skipped = ckpt_meta.get("elapsed", 0.0), ckpt_meta.get("skipped", 0)
+    return run
 
 
 def _device_batch(run: Run, windows_fn, shape: tuple, batch_dim: int) -> jax.Array:
@@ -156,10 +199,12 @@ def train_batch(run: Run, step: int) -> jax.Array:
     shape = (cfg.gradient_accumulation_steps, cfg.batch_size)
 
     def windows(rows):
-        per_step = [
-            data.get_batch(run.splits["train"], cfg.block_size, shape, cfg.seed, "train", s, rows)
-            for s in range(step, step + cfg.steps_per_call)
-        ]
+        per_step = []
+        for s in range(step, step + cfg.steps_per_call):
+            w = data.get_batch(
+                run.splits["train"], cfg.block_size, shape, cfg.seed, "train", s, rows
+            )
+            per_step.append(faults.poison(w, s, run.model_cfg.vocab_size))  # a test hook
         return np.stack(per_step) if cfg.steps_per_call > 1 else per_step[0]
 
     full = (cfg.steps_per_call,) + shape if cfg.steps_per_call > 1 else shape
@@ -167,63 +212,70 @@ def train_batch(run: Run, step: int) -> jax.Array:
 
 
 def train_loop(run: Run) -> dict:
-    """Run to max_iters; returns the last evaluated losses {train, val}."""
+    """Run to max_iters, or until a stop signal; returns the last evaluated losses."""
     cfg, k = run.cfg, run.cfg.steps_per_call
     step_fn = train.make_train_step(run.model_cfg, cfg, run.tx, run.mesh)
     eval_fn = train.make_eval_step(run.model_cfg, run.tx, run.mesh)
     evals = eval_batches(run)
     mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints) if not cfg.eval_only else None
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    flops_per_iter = flops_per_token(run.model_cfg, num_params(run.state.params, run.model_cfg))
-    flops_per_iter *= tokens_per_iter
-    peak, _ = device_peak(cfg.dtype)
-    bar = _progress(cfg, run.iter_num)
+    n_params = num_params(run.state.params, run.model_cfg)
+    rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
+    watch = faults.NonFiniteWatch(cfg.max_nonfinite_steps, run.skipped, rep.skip)
+    losses, saved = {}, run.iter_num if cfg.init_from == "resume" else None
     # CPU collectives (gloo) have been seen to deadlock when processes with several local
     # devices each dispatch steps ahead; waiting on every step there costs nothing that matters
     sync = (
         jax.process_count() > 1 and jax.local_device_count() > 1 and jax.default_backend() == "cpu"
     )
-    losses, state, iter_num = {}, run.state, run.iter_num
-    t_log, iters_since_log = time.perf_counter(), 0
-    while True:
-        if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
-            losses = {s: float(eval_fn(state.params, w)) for s, w in evals.items()}
-            train_loss, val_loss = losses["train"], losses["val"]
-            _write(bar, f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
-            if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
-                run.best_val_loss = min(run.best_val_loss, losses["val"])
-                if iter_num > 0 and mngr is not None:
-                    checkpoint.save(mngr, iter_num, state, _ckpt_meta(run, iter_num))
-            # evaluation time is not training time
-            t_log, iters_since_log = time.perf_counter(), 0
-        if cfg.eval_only or iter_num >= cfg.max_iters:
-            break
-        state, metrics = step_fn(state, train_batch(run, iter_num))
-        if sync:
-            jax.block_until_ready(metrics)
-        iters_since_log += k
-        if iter_num % cfg.log_interval == 0:  # log the first of the k steps just run
-            loss = float(np.ravel(jax.device_get(metrics["loss"]))[0])
-            lr = float(np.ravel(jax.device_get(metrics["lr"]))[0])
-            dt = (time.perf_counter() - t_log) / max(iters_since_log, 1)
-            t_log, iters_since_log = time.perf_counter(), 0
-            mfu = f"{flops_per_iter / dt / peak * 100:.2f}%" if peak else "n/a"
-            line = (
-                f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, time {dt * 1000:.2f}ms, "
-                f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu}"
-            )
-            _write(bar, line)
-            if bar is not None:
-                bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e}", refresh=False)
-        iter_num += k
-        if bar is not None:
-            bar.update(k)
-    if mngr is not None:
-        mngr.wait_until_finished()
-        mngr.close()
-    if bar is not None:
-        bar.close()
-    run.state, run.iter_num = state, iter_num
+
+    def save(iter_num: int) -> None:
+        nonlocal saved
+        run.elapsed, run.skipped, saved = rep.elapsed(), watch.skipped, iter_num
+        checkpoint.save(mngr, iter_num, run.state, _ckpt_meta(run, iter_num))
+
+    try:
+        with faults.StopSignals(jax.process_count() > 1) as stop:
+            while True:
+                if run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters:
+                    watch.flush()
+                    losses = {s: float(eval_fn(run.state.params, w)) for s, w in evals.items()}
+                    rep.eval(run.iter_num, losses)
+                    if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
+                        run.best_val_loss = min(run.best_val_loss, losses["val"])
+                        if run.iter_num > 0 and mngr is not None:
+                            save(run.iter_num)
+                if cfg.eval_only or run.iter_num >= cfg.max_iters:
+                    break
+                if stop.requested():
+                    watch.flush()
+                    if mngr is not None and saved != run.iter_num:
+                        save(run.iter_num)
+                    run.stopped_by = stop.name
+                    msg = f"{stop.name}: stopped at iter {run.iter_num}, checkpoint saved"
+                    rep.stop(run.iter_num, stop.name, msg)
+                    break
+                run.state, step_metrics = step_fn(run.state, train_batch(run, run.iter_num))
+                if sync:
+                    jax.block_until_ready(step_metrics)
+                watch.push(run.iter_num, step_metrics)
+                rep.advance(k)
+                if run.iter_num % cfg.log_interval == 0:  # the first of the k steps just run
+                    rep.train(run.iter_num, step_metrics)
+                run.iter_num += k
+            watch.flush()
+    except faults.NonFiniteError as e:
+        rep.stop(run.iter_num, "nonfinite", str(e))
+        last = f"checkpoint {saved}" if saved else "no checkpoint"
+        raise faults.NonFiniteError(
+            f"{e}: training stopped; {cfg.out_dir} keeps {last} (the last good state); "
+            "lower learning_rate or check the data, then --init_from=resume"
+        ) from None
+    finally:
+        run.skipped = watch.skipped
+        if mngr is not None:
+            mngr.wait_until_finished()
+            mngr.close()
+        rep.close()
     return losses
 
 
@@ -234,23 +286,14 @@ def _ckpt_meta(run: Run, iter_num: int) -> dict:
         "tokenizer": run.tokenizer_meta,
         "iter_num": iter_num,
         "best_val_loss": run.best_val_loss,
+        "elapsed": run.elapsed,
+        "skipped": run.skipped,
     }
 
 
-def _progress(cfg: TrainConfig, start: int):
-    """A tqdm bar on an interactive terminal (process 0); None when logging to a file."""
-    if cfg.eval_only or jax.process_index() != 0 or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.max_iters, initial=start, unit="it", dynamic_ncols=True)
-
-
-def _write(bar, line: str) -> None:
-    if bar is not None:
-        bar.write(line)
-    else:
-        log(line)
+def exit_code(run: Run) -> int:
+    """0 when the run finished or a SIGTERM stopped it, 130 after Ctrl-C (SIGINT)."""
+    return 128 + signal.SIGINT if run.stopped_by == "SIGINT" else 0
 
 
 def run_training(cfg: TrainConfig) -> dict:

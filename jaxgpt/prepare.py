@@ -73,7 +73,8 @@ def write_dataset(folder: Path, train_ids, val_ids, meta: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     write_split(folder / "train.bin", np.asarray(train_ids))
     write_split(folder / "val.bin", np.asarray(val_ids))
-    (folder / "meta.json").write_text(json.dumps(meta))
+    counts = {"train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+    (folder / "meta.json").write_text(json.dumps({**meta, **counts}))
     return {
         "dir": str(folder),
         "vocab_size": meta["vocab_size"],

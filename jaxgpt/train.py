@@ -78,7 +78,9 @@ def train_step(state: TrainState, windows, *, model: GPT, tx, cfg: TrainConfig):
     """One optimizer update from token windows of shape (accum, B, T + 1).
 
     Returns the new state and metrics: mean loss over the micro-batches, the global
-    gradient norm before clipping, and the learning rate used.
+    gradient norm before clipping, the learning rate used, and `nonfinite`: True when the
+    loss or gradient norm was NaN/inf and the update was skipped (the state is returned
+    unchanged, step included, so state.step keeps counting the updates applied).
     """
     x, y = windows[..., :-1], windows[..., 1:]  # (accum, B, T) each
     step_key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
@@ -101,12 +103,18 @@ def train_step(state: TrainState, windows, *, model: GPT, tx, cfg: TrainConfig):
         loss = losses.mean()
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # a non-finite loss or gradient leaves the state as it was: the update is skipped
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "lr": get_lr(state.step, cfg),
+        "nonfinite": ~finite,
     }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return new, metrics
 
 
 def train_steps(state: TrainState, windows, **kw):

@@ -30,6 +30,25 @@ def synthetic_text(n_chars: int = 20000, seed: int = 0) -> str:
     return "".join(out)[:n_chars]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> str:
+    """One persistent XLA compilation cache for the session, shared with the `jaxgpt train`
+    child processes some tests start: the tiny model's train step takes ~17 s to compile
+    on the 2-core machine and ~1 s to load from the cache."""
+    import jax
+
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    settings = {
+        "jax_compilation_cache_dir": path,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A data folder holding the `tiny` character dataset."""
