@@ -2,7 +2,8 @@
 
     jaxgpt prepare shakespeare_char [--input FILE] [--data_dir DIR]
     jaxgpt train [CONFIG.py] [--key=value ...]
-    jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
+    jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N]
+        [--stop TEXT] [--stop_token ID] [--kv_cache=False] ...
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
 stderr and exit status 2.
@@ -60,16 +61,11 @@ def read_start(start: str) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import jax
-    import numpy as np
 
     from jaxgpt import checkpoint, tokenizer
+    from jaxgpt.generation import generate
     from jaxgpt.model import abstract_params, unbox
-    from jaxgpt.sample import SamplingParams, stream_tokens
 
-    try:
-        sp = SamplingParams(args.temperature, args.top_k or None, args.top_p)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     _, meta = checkpoint.restore_meta(args.out_dir)
     model_cfg = checkpoint.model_config(meta)
     tok = tokenizer.from_meta(meta["tokenizer"])
@@ -80,21 +76,39 @@ def cmd_sample(args: argparse.Namespace) -> None:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), unbox(abstract_params(model_cfg))
     )
     _, params, _ = checkpoint.restore_params(args.out_dir, abstract)
-    prompts = np.tile(np.asarray(prompt, np.int32), (args.num_samples, 1))
     stream = args.num_samples == 1 and sys.stdout.isatty()
-    chunks = []
-    printed = ""
-    for toks in stream_tokens(params, model_cfg, prompts, args.max_new_tokens, sp, args.seed):
-        chunks.append(toks)
-        if stream:
-            text = tok.decode(np.concatenate([prompts] + chunks, axis=1)[0])
-            sys.stdout.write(text[len(printed) :])
-            sys.stdout.flush()
-            printed = text
-    out = np.concatenate([prompts] + chunks, axis=1)
-    for row in out:
-        print(tok.decode(row) if not stream else "")
+    if stream:
+        sys.stdout.write(tok.decode(prompt))
+    try:
+        out = generate(
+            params,
+            model_cfg,
+            prompt,
+            tokenizer=tok,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            num_samples=args.num_samples,
+            stop=(args.stop or []) + (args.stop_token or []),
+            kv_cache=args.kv_cache,
+            on_text=(lambda piece: print(piece, end="", flush=True)) if stream else None,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for text in out.texts:
+        print("" if stream else text)
         print("---------------")
+    print(out.summary(), file=sys.stderr)
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--stop", action="append", help="stop a sample at this text (repeatable)")
+    p.add_argument("--stop_token", action="append", type=int, help="stop a sample at this token id")
+    p.add_argument(
+        "--kv_cache", type=_flag, default=True, help="False: the plain fixed-buffer sampler"
+    )
     return parser
 
 
