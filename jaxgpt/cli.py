@@ -65,7 +65,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from jaxgpt import checkpoint, tokenizer
     from jaxgpt.generation import generate
     from jaxgpt.model import abstract_params, unbox
+    from jaxgpt.sample import SamplingParams
 
+    try:
+        SamplingParams(args.temperature, args.top_k or None, args.top_p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        raise ConfigError("--num_samples must be >= 1 and --max_new_tokens >= 0")
     _, meta = checkpoint.restore_meta(args.out_dir)
     model_cfg = checkpoint.model_config(meta)
     tok = tokenizer.from_meta(meta["tokenizer"])
@@ -79,24 +86,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
     stream = args.num_samples == 1 and sys.stdout.isatty()
     if stream:
         sys.stdout.write(tok.decode(prompt))
-    try:
-        out = generate(
-            params,
-            model_cfg,
-            prompt,
-            tokenizer=tok,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            num_samples=args.num_samples,
-            stop=(args.stop or []) + (args.stop_token or []),
-            kv_cache=args.kv_cache,
-            on_text=(lambda piece: print(piece, end="", flush=True)) if stream else None,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    out = generate(
+        params,
+        model_cfg,
+        prompt,
+        tokenizer=tok,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        stop=(args.stop or []) + (args.stop_token or []),
+        kv_cache=args.kv_cache,
+        on_text=(lambda piece: print(piece, end="", flush=True)) if stream else None,
+    )
     for text in out.texts:
         print("" if stream else text)
         print("---------------")

@@ -166,6 +166,8 @@ def generate(
       Generation with tokens, texts (None without a tokenizer) and timings.
     """
     sp = SamplingParams(temperature, top_k or None, top_p)
+    if num_samples < 1 or max_new_tokens < 0:
+        raise ValueError("num_samples must be >= 1 and max_new_tokens >= 0")
     prompts = _as_prompts(prompt, tokenizer, num_samples)
     stops = Stops(stop, tokenizer)
     if on_text is not None and tokenizer is None:

@@ -41,6 +41,7 @@ from jaxgpt.model import GPT
 from jaxgpt.sample import SamplingParams, initial_buffer, sample_logits, token_key
 
 CHUNK = 32  # decode steps per compiled call
+PREFILL = 32  # prompt positions per prefill step
 
 
 class DecodeState(NamedTuple):
@@ -88,12 +89,30 @@ def _next_token(config: GPTConfig, params, x_last, key, i, sp: SamplingParams):
 def prefill(params, buf, n, key, *, config: GPTConfig, sp: SamplingParams) -> DecodeState:
     """Run the window buf (B, T) with n filled tokens once; sample generated token 0.
 
-    Positions >= n hold padding: their keys/values are written but never attended to
-    (later tokens overwrite them before any query reaches their position).
+    The prompt goes through in PREFILL-position pieces (a while loop), so its cost grows
+    with its length, not with block_size. The last piece starts at T - PREFILL at most,
+    recomputing a few positions rather than writing past the cache. Positions >= n hold
+    padding: their keys/values are written but never attended to (later tokens overwrite
+    them before any query reaches their position).
     """
-    cache = init_cache(config, buf.shape[0])
-    x, cache = _features(config, params, cache, buf, 0)  # (B, T, C)
-    last = jax.lax.dynamic_index_in_dim(x, n - 1, axis=1, keepdims=False)  # (B, C)
+    T = config.block_size
+    size = min(PREFILL, T)
+    B = buf.shape[0]
+
+    def piece(carry):
+        i, cache, _ = carry
+        start = jnp.minimum(i * size, T - size)
+        idx = jax.lax.dynamic_slice_in_dim(buf, start, size, axis=1)  # (B, size)
+        x, cache = _features(config, params, cache, idx, start)  # (B, size, C)
+        return i + 1, cache, x
+
+    pieces = (n + size - 1) // size
+    x0 = jnp.zeros((B, size, config.n_embd), jnp.dtype(config.dtype))
+    _, cache, x = jax.lax.while_loop(
+        lambda c: c[0] < pieces, piece, (jnp.int32(0), init_cache(config, B), x0)
+    )
+    start = jnp.minimum((pieces - 1) * size, T - size)
+    last = jax.lax.dynamic_index_in_dim(x, n - 1 - start, axis=1, keepdims=False)  # (B, C)
     return DecodeState(buf, n, cache, _next_token(config, params, last, key, 0, sp))
 
 

@@ -38,6 +38,14 @@ def test_greedy_tokens_equal_fixed_buffer_sampler(params, prompt_len):
     np.testing.assert_array_equal(cached, fixed)
 
 
+def test_greedy_with_a_prompt_prefilled_in_pieces():
+    config = dataclasses.replace(TINY_MODEL, block_size=40)  # pieces of 32: 0..31, 8..39
+    params = init_params(config, jax.random.key(4))
+    prompt = np.random.default_rng(0).integers(0, 32, (2, 37))
+    fixed, cached = both_samplers(params, prompt, 20, SamplingParams(0.0), config=config)
+    np.testing.assert_array_equal(cached, fixed)
+
+
 SAMPLED = SamplingParams(temperature=1.0, top_k=10, top_p=0.9)  # shared: fewer compiles
 
 
