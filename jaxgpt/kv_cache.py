@@ -13,16 +13,17 @@ while the context fits in block_size, in two phases:
 2. Context > block_size: nanoGPT feeds the last block_size tokens at positions
    0..block_size-1, so with learned absolute position embeddings every token moves one
    position per step and every cached key/value of every layer changes (a token's hidden
-   state at layer l depends on the whole window before it). Nothing cached is reusable
-   exactly, so each step re-prefills the shifted window: positions 0..T-2 write the
-   cache, then the newest token is decoded at position T-1. The prefill's hidden states
-   are unused, so XLA drops the last layer's attention output and MLP at positions
-   0..T-2 (only its keys/values are needed): (n_layer - 1 + 1/6) blocks of work per
-   window position instead of n_layer. This is the FLOP floor of any exact scheme,
-   about 2 * N * block_size per token; the cache saves nothing here, so past block_size
-   this sampler is only as fast as the matmuls.
+   state at layer l depends on the whole window before it, at its new positions).
+   Nothing cached is reusable exactly, so each step re-prefills the shifted window:
+   positions 0..T-2 write the cache, then the newest token is decoded at position T-1.
+   The prefill's hidden states are unused, so XLA drops the last layer's attention
+   output and MLP at positions 0..T-2 (only its c_attn, for the keys/values, remains):
+   about n_layer - 3/4 blocks of work per window position instead of n_layer. Short of
+   tabulating layer 0's qkv per (token, position) (a few % for tiny vocabularies), that
+   is the floor for exact semantics, ~2 * N * block_size FLOPs per token: past
+   block_size this sampler is only as fast as the matmuls.
 
-Tokens are generated in chunks of up to CHUNK steps per compiled call (two while loops,
+Tokens are generated in chunks of 4 to 32 steps per compiled call (two while loops,
 one per phase, with dynamic trip counts), so one compilation serves every prompt length
 and every max_new_tokens, and the host can print one chunk while the next one runs.
 """
@@ -40,7 +41,7 @@ from jaxgpt.config import GPTConfig
 from jaxgpt.model import GPT
 from jaxgpt.sample import SamplingParams, initial_buffer, sample_logits, token_key
 
-CHUNK = 32  # decode steps per compiled call
+CHUNK = 32  # decode steps per compiled call, at most (see chunk_size)
 PREFILL = 32  # prompt positions per prefill step
 
 
@@ -158,6 +159,13 @@ def decode_chunk(
     return state, out
 
 
+def chunk_size(params: dict) -> int:
+    """Decode steps per call: ~1 GFLOP of work (a streamed piece of text every few tenths
+    of a second on a CPU), a power of two from 4 (GPT-2 124M) to CHUNK (small models)."""
+    n = sum(x.size for x in jax.tree.leaves(params))
+    return int(np.clip(2 ** np.floor(np.log2(5e8 / n)), 4, CHUNK))
+
+
 def stream_tokens(
     params: dict,
     config: GPTConfig,
@@ -165,16 +173,16 @@ def stream_tokens(
     max_new_tokens: int,
     sp: SamplingParams = SamplingParams(),
     seed: int = 1337,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield the new tokens chunk by chunk, (B, <= chunk + 1) each, max_new_tokens in all.
+    """Yield the new tokens chunk by chunk, (B, <= chunk) each, max_new_tokens in all.
 
     The next chunk is dispatched before the previous one is handed out, so the caller's
     printing overlaps with the computation.
     """
     if max_new_tokens <= 0:
         return
-    config = decode_config(config)
+    config, chunk = decode_config(config), chunk or chunk_size(params)
     buf, n = initial_buffer(np.asarray(prompts, np.int32), config.block_size)
     key = jax.random.key(seed)
     state = prefill(params, jnp.asarray(buf), jnp.int32(n), key, config=config, sp=sp)
