@@ -1,3 +1,17 @@
-"""jaxgpt: nanoGPT in JAX/Flax."""
+"""jaxgpt: nanoGPT in JAX/Flax.
+
+`jaxgpt.generate(params, config, prompt, ...)` samples text (see generation.py); it is
+imported on first use, so `import jaxgpt` stays cheap.
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {"generate": "jaxgpt.generation", "Generation": "jaxgpt.generation"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxgpt' has no attribute {name!r}")

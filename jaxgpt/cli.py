@@ -2,7 +2,8 @@
 
     jaxgpt prepare shakespeare_char|shakespeare|openwebtext [--input FILE] [--data_dir DIR]
     jaxgpt train [CONFIG.py] [--key=value ...]
-    jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N] ...
+    jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N]
+        [--stop TEXT] [--stop_token ID] [--kv_cache=False] ...
     jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
     jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
     jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
@@ -157,16 +158,18 @@ def read_start(start: str) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import jax
-    import numpy as np
 
     from jaxgpt import checkpoint, tokenizer
+    from jaxgpt.generation import generate
     from jaxgpt.model import abstract_params, unbox
-    from jaxgpt.sample import SamplingParams, stream_tokens
+    from jaxgpt.sample import SamplingParams
 
     try:
-        sp = SamplingParams(args.temperature, args.top_k or None, args.top_p)
+        SamplingParams(args.temperature, args.top_k or None, args.top_p)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        raise ConfigError("--num_samples must be >= 1 and --max_new_tokens >= 0")
     if args.init_from == "resume":
         _, meta = checkpoint.restore_meta(args.out_dir)
         model_cfg, tok_meta = checkpoint.model_config(meta), meta["tokenizer"]
@@ -184,21 +187,36 @@ def cmd_sample(args: argparse.Namespace) -> None:
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), unbox(abstract_params(model_cfg))
         )
         _, params, _ = checkpoint.restore_params(args.out_dir, abstract)
-    prompts = np.tile(np.asarray(prompt, np.int32), (args.num_samples, 1))
     stream = args.num_samples == 1 and sys.stdout.isatty()
-    chunks = []
-    printed = ""
-    for toks in stream_tokens(params, model_cfg, prompts, args.max_new_tokens, sp, args.seed):
-        chunks.append(toks)
-        if stream:
-            text = tok.decode(np.concatenate([prompts] + chunks, axis=1)[0])
-            sys.stdout.write(text[len(printed) :])
-            sys.stdout.flush()
-            printed = text
-    out = np.concatenate([prompts] + chunks, axis=1)
-    for row in out:
-        print(tok.decode(row) if not stream else "")
+    if stream:
+        sys.stdout.write(tok.decode(prompt))
+    out = generate(
+        params,
+        model_cfg,
+        prompt,
+        tokenizer=tok,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        stop=(args.stop or []) + (args.stop_token or []),
+        kv_cache=args.kv_cache,
+        on_text=(lambda piece: print(piece, end="", flush=True)) if stream else None,
+    )
+    for text in out.texts:
+        print("" if stream else text)
         print("---------------")
+    print(out.summary(), file=sys.stderr)
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -271,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--stop", action="append", help="stop a sample at this text (repeatable)")
+    p.add_argument("--stop_token", action="append", type=int, help="stop a sample at this token id")
+    p.add_argument(
+        "--kv_cache", type=_flag, default=True, help="False: the plain fixed-buffer sampler"
+    )
 
     p = sub.add_parser("convert", help="convert a model between jaxgpt, HF and nanoGPT")
     p.add_argument("--from", dest="src_format", required=True, choices=("hf", "nanogpt", "jaxgpt"))

@@ -78,7 +78,7 @@ class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
         nh, hs = cfg.n_head, C // cfg.n_head
@@ -87,13 +87,25 @@ class CausalSelfAttention(nn.Module):
         # qkv: (B, T, 3, nh, hs)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, nh, hs)
         dropout = cfg.dropout if not deterministic else 0.0
+        impl = attention_impl(cfg.attention, cfg.dtype, dropout > 0)
+        if decode_pos is not None:
+            # KV cache (kv_cache.py): x holds positions decode_pos..decode_pos+T-1; their
+            # keys/values go into fixed (B, block_size, nh, hs) buffers, queries attend to
+            # every cached position up to their own
+            shape = (B, cfg.block_size, nh, hs)
+            ck = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+            cv = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
+            ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, decode_pos, axis=1)
+            cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, decode_pos, axis=1)
+            k, v, impl = ck.value, cv.value, "einsum"
         y = causal_attention(
             q,
             k,
             v,
-            impl=attention_impl(cfg.attention, cfg.dtype, dropout > 0),
+            impl=impl,
             dropout_rate=dropout,
             dropout_rng=self.make_rng("dropout") if dropout > 0 else None,
+            q_offset=decode_pos,
         )  # (B, T, nh, hs)
         y = Linear(
             (C,), ("heads", "kv", "embed"), cfg, std=_residual_std(cfg), n_in=2, name="c_proj"
@@ -119,10 +131,10 @@ class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = x + CausalSelfAttention(self.config, name="attn")(
-            _layer_norm(self.config, "ln_1")(x), deterministic
+            _layer_norm(self.config, "ln_1")(x), deterministic, decode_pos
         )
         x = x + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
         return x
@@ -132,8 +144,8 @@ class _ScanBlock(Block):
     """Block with nn.scan's (carry, output) signature; same parameter names as Block."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True):
-        return super().__call__(x, deterministic), None
+    def __call__(self, x: jax.Array, deterministic: bool = True, decode_pos=None):
+        return super().__call__(x, deterministic, decode_pos), None
 
 
 class GPT(nn.Module):
@@ -159,7 +171,7 @@ class GPT(nn.Module):
             # parameters stacked on a leading "layers" axis under the name h
             self.h = nn.scan(
                 body,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast,
                 length=cfg.n_layer,
@@ -170,19 +182,23 @@ class GPT(nn.Module):
             self.h = [block(cfg) for _ in range(cfg.n_layer)]  # named h_0, h_1, ...
         self.ln_f = _layer_norm(cfg, "ln_f")
 
-    def features(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
-        """Final hidden states (after ln_f) for token ids idx: (B, T) -> (B, T, C)."""
+    def features(self, idx: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
+        """Final hidden states (after ln_f) for token ids idx: (B, T) -> (B, T, C).
+
+        decode_pos: idx holds positions decode_pos.. and attention reads and writes the
+        `cache` collection (KV-cache generation, see kv_cache.py).
+        """
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} > block_size {self.config.block_size}")
-        pos = jnp.arange(T)
+        pos = jnp.arange(T) if decode_pos is None else decode_pos + jnp.arange(T)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         x = self.drop(x, deterministic=deterministic)
         if self.config.scan_layers:
-            x, _ = self.h(x, deterministic)
+            x, _ = self.h(x, deterministic, decode_pos)
         else:
             for block in self.h:
-                x = block(x, deterministic)
+                x = block(x, deterministic, decode_pos)
         return self.ln_f(x)
 
     def lm_head(self, x: jax.Array) -> jax.Array:

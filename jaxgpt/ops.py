@@ -39,13 +39,16 @@ def causal_attention(
     impl: str = "einsum",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    q_offset: jax.Array | int | None = None,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(hs) + causal mask) v over (B, T, nh, hs) inputs.
 
     Queries are the last Tq positions of the Tk keys, so Tq < Tk (a prefix already in a
-    cache) works too. Scores and softmax are in float32 whatever the input dtype.
+    cache) works too; or, given q_offset, positions q_offset..q_offset+Tq-1 (a fixed-size
+    KV cache: keys past the last query are masked). Scores and softmax are in float32
+    whatever the input dtype.
     """
-    if impl in ("xla", "cudnn"):
+    if impl in ("xla", "cudnn") and q_offset is None:
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=True, implementation=None if impl == "xla" else "cudnn"
         )
@@ -54,7 +57,7 @@ def causal_attention(
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     att = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     att = att * (1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
-    q_pos = jnp.arange(Tq)[:, None] + (Tk - Tq)
+    q_pos = jnp.arange(Tq)[:, None] + (Tk - Tq if q_offset is None else q_offset)
     att = jnp.where(jnp.arange(Tk)[None, :] <= q_pos, att, -jnp.inf)
     att = jax.nn.softmax(att, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:

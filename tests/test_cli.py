@@ -1,5 +1,6 @@
 """The command line: the main path end to end, and every user error as one line, exit 2."""
 
+import re
 import urllib.request
 
 import pytest
@@ -76,6 +77,20 @@ def test_sample_prints_text_from_checkpoint(trained, capsys):
     samples = out.split("---------------\n")
     assert len(samples) == 3 and samples[-1] == ""
     assert all(s.startswith("The king") and len(s) == len("The king") + 20 + 1 for s in samples[:2])
+
+
+def test_sample_kv_cache_flag_stop_and_timing_line(trained, capsys):
+    args = ["sample", f"--out_dir={trained / 'out'}", "--num_samples=2", "--max_new_tokens=20"]
+    code, cached, err = run_cli(capsys, *args, "--start=The king")
+    timing = r"generated 40 tokens in [\d.]+ s \([\d.]+ tokens/s, compile [\d.]+ s\)"
+    assert code == 0 and re.fullmatch(timing, err.strip().splitlines()[-1]), err
+    code, plain, _ = run_cli(capsys, *args, "--start=The king", "--kv_cache=False")
+    assert code == 0 and plain == cached  # same seed, same tokens
+    first = cached.split("---------------\n")[0][len("The king") : -1]
+    stop = first[3:5]
+    code, out, _ = run_cli(capsys, *args, "--start=The king", f"--stop={stop}")
+    assert out.split("---------------\n")[0] == "The king" + first[: first.index(stop)] + "\n"
+    assert_user_error(run_cli(capsys, *args, "--top_p=1.5"), "top_p")
 
 
 def test_sample_start_from_file(trained, tmp_path, capsys):
