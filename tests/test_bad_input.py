@@ -72,7 +72,7 @@ RESUME_CASES = {
     "other vocabulary, same size": (["--dataset=other_chars"], "another vocabulary"),
     "other vocabulary": (["--dataset=more_chars"], "another vocabulary"),
     "block_size > split": (["--block_size=5000"], "block_size=5000 needs more than the 2000"),
-    "changed model shape": (["--n_layer=3"], "checkpoint has n_layer=2", "n_layer=3"),
+    "changed model shape": (["--n_layer=3"], "checkpoint was trained with n_layer=2", "n_layer=3"),
     "scratch over a run": (["--init_from=scratch"], "already holds a run", "init_from=resume"),
 }
 
