@@ -139,3 +139,37 @@ def test_overfits_one_batch():
         params, opt_state, loss = step(params, opt_state)
         first = float(loss) if first is None else first
     assert first > 3.0 and float(loss) < 0.05, (first, float(loss))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    "x_shape, k_shape",
+    [
+        ((3, 5, 8), (8, 32)),  # x narrower than the output (c_fc): x^T g
+        ((3, 5, 32), (32, 8)),  # output narrower (mlp.c_proj): (g^T x)^T
+        ((3, 5, 8), (8, 3, 2, 4)),  # structured c_attn kernel (C, 3, nh, hs)
+        ((3, 5, 2, 4), (2, 4, 8)),  # structured attn.c_proj kernel (nh, hs, C)
+    ],
+)
+def test_dense_gradients_equal_autodiff(bias, x_shape, k_shape):
+    from jaxgpt.ops import dense
+
+    kx, kk, kb, kg = jax.random.split(jax.random.key(0), 4)
+    n_in = len(x_shape) - 2
+    x = jax.random.normal(kx, x_shape)
+    kernel = jax.random.normal(kk, k_shape)
+    b = jax.random.normal(kb, k_shape[n_in:]) if bias else None
+    probe = jax.random.normal(kg, x_shape[:2] + k_shape[n_in:])
+
+    def plain(x, kernel, b):
+        y = jnp.tensordot(x, kernel, axes=n_in)
+        return jnp.sum((y if b is None else y + b) * probe)
+
+    def ours(x, kernel, b):
+        return jnp.sum(dense(x, kernel, b, n_in, jnp.float32) * probe)
+
+    want = jax.grad(plain, argnums=(0, 1, 2) if bias else (0, 1))(x, kernel, b)
+    got = jax.grad(ours, argnums=(0, 1, 2) if bias else (0, 1))(x, kernel, b)
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
