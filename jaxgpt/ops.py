@@ -13,8 +13,9 @@ import jax.numpy as jnp
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as torch.nn.GELU() in nanoGPT."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU, x * Phi(x), in torch.nn.GELU()'s form (nanoGPT's): jax.nn.gelu's erfc
+    form costs XLA:CPU two branches per element (3% of the CPU config's step)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def attention_impl(impl: str, dtype: str, training_dropout: bool) -> str:
