@@ -159,11 +159,16 @@ def compare(argv: list[str], impls: tuple[str, ...], rounds: int) -> dict:
     for impl, results in runs.items():
         ms = [r["ms_per_iter"] for r in results]
         ratios = [j["ms_per_iter"] / r["ms_per_iter"] for j, r in zip(runs[impls[0]], results)]
+        median_ms = statistics.median(ms)
+        tokens_per_iter = results[0]["tokens_per_s"] * results[0]["ms_per_iter"] / 1000
+        mfus = [r["mfu"] for r in results if r["mfu"] is not None]
         summary[impl] = {
-            "median_ms": statistics.median(ms),
+            "median_ms": median_ms,
             "runs_ms": ms,
             "ratio_to_first": statistics.median(ratios),
             "paired_ratios": ratios,
+            "tokens_per_s": tokens_per_iter / median_ms * 1000,
+            "mfu": statistics.median(mfus) if mfus else None,  # each run against its peak
             "result": results[-1],
         }
     return summary
@@ -178,11 +183,11 @@ def markdown_table(summary: dict) -> str:
     ]
     for impl, s in summary.items():
         r = s["result"]
-        mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
+        mfu = f"{s['mfu'] * 100:.1f}%" if s["mfu"] is not None else "n/a"
         runs = ", ".join(f"{m:.1f}" for m in s["runs_ms"])
         lines.append(
             f"| {impl} ({r['config']}) | {s['median_ms']:.2f} | {runs} | "
-            f"{s['ratio_to_first']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} |"
+            f"{s['ratio_to_first']:.3f} | {s['tokens_per_s']:,.0f} | {mfu} |"
         )
     return "\n".join(lines)
 
