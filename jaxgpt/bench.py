@@ -59,12 +59,8 @@ def bench_train(
     profile_dir: str | None = None,
     measure_peak: bool = True,
 ) -> dict:
-    """Time `iters` compiled train steps after `warmup`; returns a dict of figures.
-
-    Steps are dispatched in groups of GROUP without waiting, as the training loop does
-    (the host prepares the next batch while the device computes); the time per iteration
-    is the median over groups of the group's wall time / GROUP.
-    """
+    """Time `iters` compiled train steps after `warmup` (see time_steps); returns a dict
+    of figures (see figures)."""
     mesh = sharding.make_mesh(cfg)
     sharding.check_batch(cfg, mesh)
     vocab = vocab_size if synthetic else model_vocab(cfg)
@@ -76,35 +72,73 @@ def bench_train(
     next_batch = batch_source(cfg, vocab, synthetic)
     batch_sh = sharding.batch_sharding(mesh, 3, batch_dim=1)
 
-    def put(step):
-        return jax.device_put(next_batch(step), batch_sh)
+    def step(i: int) -> jax.Array:
+        nonlocal state
+        state, metrics = step_fn(state, jax.device_put(next_batch(i), batch_sh))
+        return metrics["loss"]  # dispatched asynchronously
 
-    t0 = time.perf_counter()
-    state, metrics = step_fn(state, put(0))
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    for i in range(1, warmup):
-        state, metrics = step_fn(state, put(i))
-    jax.block_until_ready(metrics)
-    times, losses = [], []
     trace = jax.profiler.trace(profile_dir) if profile_dir else nullcontext()
-    with trace:
+    first, times, losses = time_steps(step, iters, warmup, trace)
+    return figures(
+        cfg,
+        model_cfg,
+        num_params(state.params, model_cfg),
+        first,
+        times,
+        *device_peak(cfg.dtype, measure=measure_peak),
+        device=f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
+        config=f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}C block {cfg.block_size} "
+        f"batch {cfg.batch_size}x{cfg.gradient_accumulation_steps} {cfg.dtype}",
+        memory_bytes=peak_memory_bytes(),
+        losses=losses,
+    )
+
+
+def time_steps(step, iters: int, warmup: int, timed=nullcontext()):
+    """Run steps 0..warmup+iters-1; step(i) dispatches step i and returns its loss, which
+    float() waits for. Returns the first step's seconds (compilation included), the
+    seconds per step of the `iters` timed steps (run inside `timed`) and their losses.
+
+    Timed steps are dispatched in groups of GROUP without waiting, as the training loop
+    does (the host prepares the next batch while the device computes); each is timed at
+    its group's wall time / the group's size.
+    """
+    t0 = time.perf_counter()
+    float(step(0))
+    first = time.perf_counter() - t0
+    for loss in [step(i) for i in range(1, warmup)]:
+        float(loss)
+    times, losses = [], []
+    with timed:
         for group in range(0, iters, GROUP):
-            t0, pending = time.perf_counter(), []
-            for i in range(warmup + group, warmup + min(group + GROUP, iters)):
-                state, metrics = step_fn(state, put(i))  # dispatched asynchronously
-                pending.append(metrics["loss"])
+            t0 = time.perf_counter()
+            pending = [step(i) for i in range(warmup + group, warmup + min(group + GROUP, iters))]
             losses += [float(x) for x in pending]  # waits for the group
             times += [(time.perf_counter() - t0) / len(pending)] * len(pending)
+    return first, times, losses
+
+
+def figures(
+    cfg: TrainConfig,
+    model_cfg,
+    n_params: int,
+    first: float,
+    times: list[float],
+    peak: float | None,
+    peak_source: str,
+    *,
+    device: str,
+    config: str,
+    memory_bytes: int,
+    losses: list[float],
+) -> dict:
+    """The result of a bench run (jaxgpt's or PyTorch's): time per iteration = median."""
     dt = statistics.median(times)
     tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    n_params = num_params(state.params, model_cfg)
     flops = flops_per_token(model_cfg, n_params) * tokens / dt
-    peak, peak_source = device_peak(cfg.dtype, measure=measure_peak)
     return {
-        "device": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
-        "config": f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}C block {cfg.block_size} "
-        f"batch {cfg.batch_size}x{cfg.gradient_accumulation_steps} {cfg.dtype}",
+        "device": device,
+        "config": config,
         "params_m": n_params / 1e6,
         "compile_s": max(first - dt, 0.0),
         "ms_per_iter": dt * 1000,
@@ -114,7 +148,7 @@ def bench_train(
         "peak_tflops": peak / 1e12 if peak else None,
         "peak_source": peak_source,
         "mfu": flops / peak if peak else None,
-        "peak_memory_gb": peak_memory_bytes() / 1e9,
+        "peak_memory_gb": memory_bytes / 1e9,
         "losses": losses,
     }
 

@@ -14,14 +14,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 
 from jaxgpt import bench, convert, train
 from jaxgpt.config import TrainConfig
-from jaxgpt.mfu import PEAK_FLOPS, device_peak, flops_per_token
+from jaxgpt.mfu import PEAK_FLOPS, device_peak
 from jaxgpt.model import init_params, num_params
 
 IMPLS = ("jax", "torch", "torch-compile")
@@ -91,46 +90,28 @@ def torch_bench_train(
         optimizer.zero_grad(set_to_none=True)
         return total
 
-    t0 = time.perf_counter()
-    losses = [float(step(0))]
-    first = time.perf_counter() - t0
-    losses += [float(step(i)) for i in range(1, warmup)]
-    times = []
-    for group in range(0, iters, bench.GROUP):
-        t0 = time.perf_counter()
-        pending = [step(i) for i in range(warmup + group, warmup + min(group + bench.GROUP, iters))]
-        losses += [float(x) for x in pending]  # waits for the group
-        times += [(time.perf_counter() - t0) / len(pending)] * len(pending)
-    dt = statistics.median(times)
-    tokens = accum * cfg.batch_size * cfg.block_size
-    flops = flops_per_token(model_cfg, n_params) * tokens / dt
+    first, times, losses = bench.time_steps(step, iters, warmup)
     if cuda:  # JAX sees only the CPU here: take the peak of the GPU's name
         kind = torch.cuda.get_device_name()
         peak = next((p.get(cfg.dtype) for k, p in PEAK_FLOPS.items() if k in kind), None)
         peak_source = f"{kind} {cfg.dtype} datasheet"
+        mem, name = torch.cuda.max_memory_allocated(), f"1x {kind}"
     else:
         peak, peak_source = device_peak(cfg.dtype, measure=measure_peak)
-    if cuda:
-        mem = torch.cuda.max_memory_allocated()
-        name = f"1x {torch.cuda.get_device_name()}"
-    else:
-        mem = bench.peak_memory_bytes()
-        name = f"cpu ({torch.get_num_threads()} threads)"
-    return {
-        "device": name,
-        "config": f"torch {torch.__version__}{' compile' if compile else ' eager'}",
-        "params_m": n_params / 1e6,
-        "compile_s": max(first - dt, 0.0),
-        "ms_per_iter": dt * 1000,
-        "ms_per_iter_all": [t * 1000 for t in times],
-        "tokens_per_s": tokens / dt,
-        "tflops": flops / 1e12,
-        "peak_tflops": peak / 1e12 if peak else None,
-        "peak_source": peak_source,
-        "mfu": flops / peak if peak else None,
-        "peak_memory_gb": mem / 1e9,
-        "losses": losses[warmup:],
-    }
+        mem, name = bench.peak_memory_bytes(), f"cpu ({torch.get_num_threads()} threads)"
+    return bench.figures(
+        cfg,
+        model_cfg,
+        n_params,
+        first,
+        times,
+        peak,
+        peak_source,
+        device=name,
+        config=f"torch {torch.__version__}{' compile' if compile else ' eager'}",
+        memory_bytes=mem,
+        losses=losses,
+    )
 
 
 def run_subprocess(impl: str, argv: list[str]) -> dict:
