@@ -20,12 +20,10 @@ from jaxgpt.config import load_train_config
 
 
 def get_batch(split: np.ndarray, batch_size: int, block_size: int):
+    """nanoGPT's: batch_size random windows, x and y = the same window shifted by one."""
     ix = torch.randint(len(split) - block_size, (batch_size,))
-    x = torch.stack([torch.from_numpy(split[i : i + block_size].astype(np.int64)) for i in ix])
-    y = torch.stack(
-        [torch.from_numpy(split[i + 1 : i + 1 + block_size].astype(np.int64)) for i in ix]
-    )
-    return x, y
+    w = torch.stack([torch.from_numpy(split[i : i + block_size + 1].astype(np.int64)) for i in ix])
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
 @torch.no_grad()
