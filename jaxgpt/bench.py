@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import jax
 import numpy as np
 
-from jaxgpt import data, sharding, train
+from jaxgpt import cpu, data, sharding, train
 from jaxgpt.config import TrainConfig
 from jaxgpt.mfu import device_peak, flops_per_token
 from jaxgpt.model import num_params
@@ -139,6 +139,7 @@ def figures(
     return {
         "device": device,
         "config": config,
+        "allocator": cpu.allocator_in_use(),
         "params_m": n_params / 1e6,
         "compile_s": max(first - dt, 0.0),
         "ms_per_iter": dt * 1000,
@@ -158,7 +159,7 @@ def format_result(r: dict) -> str:
     peak = f"{r['peak_tflops']:.3g} TFLOP/s ({r['peak_source']})" if r["peak_tflops"] else "n/a"
     return "\n".join(
         [
-            f"device          {r['device']}",
+            f"device          {r['device']}, malloc: {r['allocator']}",
             f"config          {r['config']}, {r['params_m']:.2f}M params",
             f"compile         {r['compile_s']:.2f} s",
             f"time/iter       {r['ms_per_iter']:.2f} ms (median of {len(r['ms_per_iter_all'])})",

@@ -17,14 +17,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxgpt.checkpoint import CheckpointError
+from jaxgpt import cpu
 from jaxgpt.config import ConfigError
-from jaxgpt.convert import ConvertError
 from jaxgpt.data import DataError
 from jaxgpt.faults import NonFiniteError
 from jaxgpt.tokenizer import TokenizerError
 
-USER_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
+
+def user_errors() -> tuple:
+    """Exceptions that mean bad input: one line, exit 2. Two live in modules that import
+    JAX, hence imported only when an exception is being handled."""
+    from jaxgpt.checkpoint import CheckpointError
+    from jaxgpt.convert import ConvertError
+
+    return (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "plot": cmd_plot,
         }
         commands[args.command](args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"jaxgpt: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:  # the run diverged: not the user's input, exit 1
@@ -346,5 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `jaxgpt` command and `python -m jaxgpt.cli`: on a CPU, re-execute with tcmalloc
+    first (cpu.py); this module imports nothing heavy before that."""
+    cpu.use_tcmalloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -18,12 +18,14 @@ import sys
 import jax
 import numpy as np
 
-from jaxgpt import bench, convert, train
+from jaxgpt import bench, convert, cpu, train
 from jaxgpt.config import TrainConfig
 from jaxgpt.mfu import PEAK_FLOPS, device_peak
 from jaxgpt.model import init_params, num_params
 
-IMPLS = ("jax", "torch", "torch-compile")
+# what a comparison runs: jaxgpt (with its CPU allocator, cpu.py), PyTorch as users run
+# it, PyTorch eager with jaxgpt's allocator (tcmalloc, when installed), torch.compile
+IMPLS = ("jax", "torch", "torch+tcmalloc", "torch-compile")
 
 
 def torch_bench_train(
@@ -114,11 +116,24 @@ def torch_bench_train(
     )
 
 
+def impl_env(impl: str, env=os.environ) -> dict:
+    """The environment of a bench run: PyTorch runs keep JAX on the CPU; `torch` and
+    `torch-compile` run with the C library's malloc, as users run PyTorch (no tcmalloc
+    inherited from this process), `torch+tcmalloc` and `jax` with jaxgpt's allocator."""
+    if impl == "jax":
+        return dict(env)
+    new = dict(env, JAX_PLATFORMS="cpu")
+    if not impl.endswith("+tcmalloc"):
+        preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "malloc" not in p]
+        new.update(JAXGPT_MALLOC="system", LD_PRELOAD=":".join(preload))
+    return new
+
+
 def run_subprocess(impl: str, argv: list[str]) -> dict:
     """One bench run of `impl` in a fresh process; its JSON result."""
-    cmd = [sys.executable, "-m", "jaxgpt.cli", "bench", *argv, f"--impl={impl}", "--json"]
-    env = dict(os.environ, **({"JAX_PLATFORMS": "cpu"} if impl != "jax" else {}))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    base = impl.split("+")[0]
+    cmd = [sys.executable, "-m", "jaxgpt.cli", "bench", *argv, f"--impl={base}", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=impl_env(impl))
     if out.returncode:
         raise RuntimeError(f"{impl} bench failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -131,7 +146,10 @@ def run_subprocess(impl: str, argv: list[str]) -> dict:
 
 
 def compare(argv: list[str], impls: tuple[str, ...], rounds: int) -> dict:
-    """Alternate the implementations `rounds` times; medians and paired ratios to jax."""
+    """Alternate the implementations `rounds` times; medians and paired ratios to jax.
+    `+tcmalloc` variants are left out where no tcmalloc is installed."""
+    if cpu.allocator_library() is None:
+        impls = tuple(i for i in impls if not i.endswith("+tcmalloc"))
     runs = {impl: [] for impl in impls}
     for _ in range(rounds):
         for impl in impls:
@@ -158,16 +176,16 @@ def compare(argv: list[str], impls: tuple[str, ...], rounds: int) -> dict:
 def markdown_table(summary: dict) -> str:
     first = next(iter(summary))
     lines = [
-        f"| implementation | median ms/iter | runs (ms/iter) | {first} / this (paired) "
+        f"| implementation | malloc | median ms/iter | runs (ms/iter) | {first} / this (paired) "
         "| tokens/s | MFU |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for impl, s in summary.items():
         r = s["result"]
         mfu = f"{s['mfu'] * 100:.1f}%" if s["mfu"] is not None else "n/a"
         runs = ", ".join(f"{m:.1f}" for m in s["runs_ms"])
         lines.append(
-            f"| {impl} ({r['config']}) | {s['median_ms']:.2f} | {runs} | "
+            f"| {impl} ({r['config']}) | {r['allocator']} | {s['median_ms']:.2f} | {runs} | "
             f"{s['ratio_to_first']:.3f} | {s['tokens_per_s']:,.0f} | {mfu} |"
         )
     return "\n".join(lines)

@@ -173,3 +173,28 @@ def test_dense_gradients_equal_autodiff(bias, x_shape, k_shape):
     for w, g in zip(want, got, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [16, 64, 256])  # one block, 2 blocks of 32, 4 blocks of 64
+def test_blocked_attention_equals_masked_softmax(T):
+    """The training attention (query blocks, hand-written backward): the values and the
+    gradients of plain masked-softmax attention."""
+    from jaxgpt.ops import blocked_causal_attention, query_block
+
+    kq, kk, kv, kp = jax.random.split(jax.random.key(T), 4)
+    q, k, v = (jax.random.normal(key, (2, 3, T, 8)) for key in (kq, kk, kv))
+    probe = jax.random.normal(kp, (2, 3, T, 8))
+
+    def plain(q, k, v):
+        att = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(8)
+        att = jnp.where(jnp.tril(jnp.ones((T, T), bool)), att, -jnp.inf)
+        return jax.nn.softmax(att, axis=-1) @ v
+
+    assert query_block(T) == {16: 16, 64: 32, 256: 64}[T]
+    np.testing.assert_allclose(blocked_causal_attention(q, k, v), plain(q, k, v), atol=2e-6)
+    want = jax.grad(lambda *a: jnp.sum(plain(*a) * probe), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(lambda *a: jnp.sum(blocked_causal_attention(*a) * probe), argnums=(0, 1, 2))(
+        q, k, v
+    )
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
