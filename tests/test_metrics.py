@@ -3,6 +3,8 @@
 import contextlib
 import io
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,20 @@ def test_tensorboard_event_files(runs):
     assert scalars["loss/val"][-1][1] == pytest.approx(runs["losses"]["val"], rel=1e-6)
     assert [s for s, _ in scalars["loss/train_batch"]] == [0, 5, 10, 15]
     assert {"lr", "grad_norm", "tokens_per_sec", "loss/train"} <= set(scalars)
+
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports an installed torch (seconds of start-up); the writer jaxgpt
+    uses must not, and must still write events. A fresh process: tests import torch."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys; from jaxgpt.metrics import tensorboard_writer\n"
+        "w = tensorboard_writer()(sys.argv[1]); w.add_scalar('loss', 1.5, 0); w.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch  # still importable afterwards\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert tensorboard_scalars(tmp_path) == {"loss": [(0, 1.5)]}
 
 
 def test_plot_two_runs_overlaid(runs, tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_run
 
-from jaxgpt import checkpoint, loop, train
+from jaxgpt import checkpoint, loop, sharding, train
 from jaxgpt.config import TrainConfig
 from jaxgpt.model import init_params
 
@@ -53,6 +53,19 @@ def test_weight_decay_only_on_matrices_and_embeddings():
         if path[-1].key in ("kernel", "embedding")
     )
     assert n_decay == n_2d
+
+
+def test_created_state_holds_the_parameters_of_a_default_compile():
+    """create_state compiles its initialiser with INIT_COMPILER_OPTIONS (-O1 on CPU): the
+    parameters must be those of a default-compiled init, to the bit (-O0 would not be)."""
+    from conftest import TINY_MODEL
+
+    cfg = TrainConfig()
+    tx = train.make_optimizer(cfg)
+    state = train.create_state(TINY_MODEL, tx, sharding.make_mesh(cfg), jax.random.key(3))
+    expected = jax.jit(init_params, static_argnums=0)(TINY_MODEL, jax.random.key(3))
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_adamw_step_matches_hand_computed_update():
