@@ -2,7 +2,7 @@
 
 Kept apart from model.py so that the modules read like nanoGPT's while the kernels
 underneath can be swapped (XLA's fused attention, cuDNN flash attention, or plain
-einsums, which are the fastest choice on CPU).
+einsums, blocked over queries for training: the fastest choice on CPU).
 """
 
 import math
