@@ -47,7 +47,7 @@ def table_peak(device: jax.Device, dtype: str) -> float | None:
 def measure_peak(dtype: str = "float32", n: int = 2048, iters: int = 10) -> float:
     """FLOP/s of an n x n matmul in `dtype` on the default device, the best of iters: on a
     shared machine a median moves with the neighbours' load (on the 2-core development
-    machine 145-250 GFLOP/s between sittings), the best run is what the cores can do."""
+    machine 145-285 GFLOP/s between sittings), the best run is what the cores can do."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()

@@ -58,14 +58,15 @@ def causal_attention(
     Tq, Tk, hs = q.shape[1], k.shape[1], q.shape[-1]
     # (B, nh, T, hs) layouts make both einsums plain batched matmuls
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
-    if q_offset is None and Tq == Tk and not (dropout_rate > 0.0 and dropout_rng is not None):
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    if q_offset is None and Tq == Tk and not dropout:
         return jnp.swapaxes(blocked_causal_attention(q, k, v), 1, 2)
     att = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     att = att * (1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
     q_pos = jnp.arange(Tq)[:, None] + (Tk - Tq if q_offset is None else q_offset)
     att = jnp.where(jnp.arange(Tk)[None, :] <= q_pos, att, -jnp.inf)
     att = jax.nn.softmax(att, axis=-1)
-    if dropout_rate > 0.0 and dropout_rng is not None:
+    if dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, att.shape)
         att = jnp.where(keep, att / (1.0 - dropout_rate), 0.0)
     y = jnp.einsum("bhqk,bhkd->bhqd", att.astype(v.dtype), v)  # (B, nh, Tq, hs)

@@ -54,6 +54,17 @@ def layer(o: dict, mm, bmm, bmm_nt, bmm_tn, t) -> list:
     ]  # fmt: skip
 
 
+def median_seconds(run, reps: int) -> float:
+    """Median wall seconds of run() over reps calls, after one untimed call."""
+    run()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def time_jax(o: dict, L: int, reps: int) -> float:
     import jax
     import jax.numpy as jnp
@@ -76,13 +87,7 @@ def time_jax(o: dict, L: int, reps: int) -> float:
 
     f = jax.jit(step)
     args = {k: jnp.asarray(v) for k, v in o.items()}
-    jax.block_until_ready(f(args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(lambda: jax.block_until_ready(f(args)), reps)
 
 
 def time_torch(o: dict, L: int, reps: int) -> float:
@@ -104,13 +109,7 @@ def time_torch(o: dict, L: int, reps: int) -> float:
             )
         return out
 
-    step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(step, reps)
 
 
 def main() -> None:
@@ -131,12 +130,12 @@ def main() -> None:
         return
     from jaxgpt import cpu
 
+    library = cpu.allocator_library()  # both with jaxgpt's allocator
+    env = cpu.tcmalloc_env(library) if library else None
     results = {"jax": [], "torch": []}
     for _ in range(args.rounds):
         for impl in results:
             cmd = [sys.executable, __file__, *sys.argv[1:], f"--impl={impl}"]
-            library = cpu.allocator_library()  # both with jaxgpt's allocator
-            env = cpu.tcmalloc_env(library) if library else None
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             results[impl].append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
     B, T, C = cfg.batch_size, cfg.block_size, cfg.n_embd
