@@ -4,11 +4,11 @@
 imported on first use, so `import jaxgpt` stays cheap.
 """
 
-from jaxgpt import cpu
+from jaxgpt.perf import cpu
 
 __version__ = "0.1.0"
 
-# XLA reads XLA_FLAGS when JAX creates its backends: set the CPU options now (cpu.py)
+# XLA reads XLA_FLAGS when JAX creates its backends: set the CPU options now (perf/cpu.py)
 cpu.add_xla_flags()
 
 _LAZY = {"generate": "jaxgpt.generation", "Generation": "jaxgpt.generation"}

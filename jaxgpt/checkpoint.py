@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from jaxgpt import faults
 from jaxgpt.config import GPTConfig, from_dict
+from jaxgpt.watch import faults
 
 
 class CheckpointError(ValueError):

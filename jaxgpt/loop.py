@@ -6,9 +6,9 @@ a checkpoint is saved when val improves (or always, with always_save_checkpoint)
 checkpoint of step k holds the state after k updates, so `init_from=resume` re-enters the
 loop at k and continues exactly as an uninterrupted run would.
 
-Faults (faults.py): SIGTERM/SIGINT saves a checkpoint at the current step and stops; an
+Faults (watch/faults.py): SIGTERM/SIGINT saves a checkpoint at the current step and stops; an
 update with a non-finite loss or gradient is skipped inside the compiled step, and
-max_nonfinite_steps of them in a row stop the run. Reporting is metrics.py's.
+max_nonfinite_steps of them in a row stop the run. Reporting is watch/metrics.py's.
 """
 
 import dataclasses
@@ -19,9 +19,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgpt import checkpoint, data, faults, metrics, sharding, train
+from jaxgpt import checkpoint, data, sharding, train
 from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
 from jaxgpt.model import abstract_params, num_params, unbox
+from jaxgpt.watch import faults, metrics
 
 EVAL_STREAM = 1  # data.get_batch stream of the fixed evaluation batches
 
@@ -104,18 +105,25 @@ def _check_vocab(vocab: int, model: GPTConfig) -> None:
         )
 
 
-def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh):
-    """nanoGPT's init_from=gpt2*: weights and model shape from GPT-2 (hub or directory)."""
-    from jaxgpt import hf
-
+def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh, load_pretrained):
+    """nanoGPT's init_from=gpt2*: weights and model shape from pretrained weights."""
+    if load_pretrained is None:
+        raise ConfigError(
+            f"init_from={cfg.init_from!r} needs a loader of pretrained weights "
+            "(the jaxgpt command passes jaxgpt.interop.hf.run_weights)"
+        )
     log(f"initializing from pretrained weights: {cfg.init_from}")
-    params, model_cfg = hf.for_run(hf.load(cfg.init_from), cfg)
+    params, model_cfg = load_pretrained(cfg)
     _check_vocab(vocab, model_cfg)
     return train.state_from_params(params, model_cfg, tx, mesh), model_cfg
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Build the mesh, load data and create or restore the train state."""
+def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
+    """Build the mesh, load data and create or restore the train state.
+
+    load_pretrained(cfg) -> (params, GPTConfig): the weights of init_from=gpt2*|DIR, shaped
+    for this run (jaxgpt.interop.hf.run_weights). The loop reads no weight format itself.
+    """
     sharding.init_distributed(cfg)
     mesh = sharding.make_mesh(cfg)
     sharding.check_batch(cfg, mesh)
@@ -161,7 +169,7 @@ def setup(cfg: TrainConfig) -> Run:
         model_cfg = cfg.model_config(cfg.vocab_size or vocab)
         state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))
     else:
-        state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh)
+        state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh, load_pretrained)
     log(f"number of parameters: {num_params(state.params, model_cfg) / 1e6:.2f}M")
     run = Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss)
     run.elapsed, run.skipped = ckpt_meta.get("elapsed", 0.0), ckpt_meta.get("skipped", 0)

@@ -4,7 +4,7 @@ Token + learned position embeddings, n_layer pre-LayerNorm blocks (causal self-a
 with a fused qkv projection, then a 4x MLP with exact GELU), a final LayerNorm, and an
 lm head tied to the token embedding. Parameter names are nanoGPT's/HF's (wte, wpe, h_0..,
 ln_1, attn/c_attn, attn/c_proj, ln_2, mlp/c_fc, mlp/c_proj, ln_f), so converting weights
-is a rename plus reshapes (see convert.py).
+is a rename plus reshapes (see interop/statedict.py).
 
 The attention projections keep heads as their own axis, c_attn: (C, 3, nh, hs) and
 c_proj: (nh, hs, C), so tensor parallelism splits whole heads. Every parameter carries

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/bench_sample.py [--rounds 5] [--gpt2_tokens 100]
 
-Same random weights in both frameworks (convert.to_nanogpt), prompt "\\n" (one token),
+Same random weights in both frameworks (statedict.to_nanogpt), prompt "\\n" (one token),
 nanoGPT's sampling defaults (temperature 0.8, top_k 200). Runs alternate between the
 samplers round by round; the table gives medians of the warm rounds, plus the first call
 of each (jaxgpt: compilation excluded, reported apart). Speed does not depend on the
@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import torch
 
-from jaxgpt import convert, torch_ref
 from jaxgpt.config import GPTConfig
 from jaxgpt.generation import generate
+from jaxgpt.interop import statedict, torch_ref
 from jaxgpt.model import init_params
 
 SHAKESPEARE_CPU = GPTConfig(
@@ -30,7 +30,7 @@ GPT2 = GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_emb
 
 def torch_model(params, config: GPTConfig) -> torch_ref.GPT:
     model = torch_ref.GPT(config)
-    sd = {k: torch.from_numpy(v.copy()) for k, v in convert.to_nanogpt(params, config).items()}
+    sd = {k: torch.from_numpy(v.copy()) for k, v in statedict.to_nanogpt(params, config).items()}
     model.load_state_dict(sd, strict=False)  # torch_ref has no attn.bias buffer to load
     return model.eval()
 

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import cpu, model, sharding, train
+from jaxgpt import model, sharding, train
 from jaxgpt.config import load_train_config
+from jaxgpt.perf import cpu
 
 
 class Identity(nn.Module):

@@ -128,7 +128,7 @@ def main() -> None:
         fn = time_jax if args.impl == "jax" else time_torch
         print(json.dumps({"ms": fn(o, cfg.n_layer, args.reps) * 1000}))
         return
-    from jaxgpt import cpu
+    from jaxgpt.perf import cpu
 
     library = cpu.allocator_library()  # both with jaxgpt's allocator
     env = cpu.tcmalloc_env(library) if library else None

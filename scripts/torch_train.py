@@ -15,8 +15,9 @@ import time
 import numpy as np
 import torch
 
-from jaxgpt import data, torch_ref, train
+from jaxgpt import data, train
 from jaxgpt.config import load_train_config
+from jaxgpt.interop import torch_ref
 
 
 def get_batch(split: np.ndarray, batch_size: int, block_size: int):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.prepare import prepare_char
+from jaxgpt.prep.chars import prepare_char
 
 SHAKESPEARE = os.environ.get("JAXGPT_SHAKESPEARE")  # .ci/run points it at tiny Shakespeare
 

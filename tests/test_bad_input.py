@@ -17,7 +17,7 @@ from cli_process import TrainProcess, train_args
 from conftest import synthetic_text, tiny_run
 
 from jaxgpt import cli
-from jaxgpt.prepare import prepare_char
+from jaxgpt.prep.chars import prepare_char
 
 
 def snapshot(folder: Path) -> dict:

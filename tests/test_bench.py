@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from jaxgpt import compare
 from jaxgpt.cli import main
 from jaxgpt.config import TrainConfig
-from jaxgpt.mfu import flops_per_token
+from jaxgpt.perf import compare
+from jaxgpt.perf.mfu import flops_per_token
 
 TINY = [
     "--n_layer=2",

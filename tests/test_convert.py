@@ -23,9 +23,15 @@ torch = pytest.importorskip("torch")
 
 from torch_helpers import perturbed_ref, torch_steps  # noqa: E402
 
-from jaxgpt import bridge, loop, torch_ref, train  # noqa: E402
+from jaxgpt import loop, train  # noqa: E402
 from jaxgpt.config import GPTConfig, TrainConfig, to_dict  # noqa: E402
-from jaxgpt.convert import config_from_model_args, from_nanogpt, nanogpt_param_names  # noqa: E402
+from jaxgpt.interop import convert as bridge  # noqa: E402
+from jaxgpt.interop import torch_ref  # noqa: E402
+from jaxgpt.interop.statedict import (  # noqa: E402
+    config_from_model_args,
+    from_nanogpt,
+    nanogpt_param_names,
+)
 from jaxgpt.model import GPT  # noqa: E402
 
 STEPS = 3  # nanoGPT steps before the checkpoint, and jaxgpt steps after it

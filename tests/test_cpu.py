@@ -7,7 +7,7 @@ import sys
 import pytest
 from cli_process import ROOT
 
-from jaxgpt import compare, cpu
+from jaxgpt.perf import compare, cpu
 
 TINY_BENCH = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=2"]
 TINY_BENCH += ["--vocab_size=32", "--iters=2", "--warmup=1", "--json"]

@@ -7,7 +7,7 @@ import pytest
 from conftest import shakespeare_path, synthetic_text
 
 from jaxgpt import data
-from jaxgpt.prepare import prepare_char, shakespeare_text
+from jaxgpt.prep.chars import prepare_char, shakespeare_text
 
 
 def test_shakespeare_char_reproduces_nanogpt(tmp_path):

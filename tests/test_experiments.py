@@ -5,8 +5,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxgpt import hf
 from jaxgpt.config import load_train_config
+from jaxgpt.interop import hf
 from jaxgpt.model import abstract_params, num_params, unbox
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.py"))

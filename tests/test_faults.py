@@ -15,8 +15,9 @@ import numpy as np
 from cli_process import ROOT, TrainProcess, train_args
 from conftest import tiny_run
 
-from jaxgpt import checkpoint, cli, faults, loop, train
-from jaxgpt.metrics import read_jsonl
+from jaxgpt import checkpoint, cli, loop, train
+from jaxgpt.watch import faults
+from jaxgpt.watch.metrics import read_jsonl
 
 
 def complete_steps(out_dir: Path) -> list[int]:
@@ -130,7 +131,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(data_dir, tmp_pa
 def test_second_signal_exits_at_once():
     script = (
         "import os, signal\n"
-        "from jaxgpt.faults import StopSignals\n"
+        "from jaxgpt.watch.faults import StopSignals\n"
         "with StopSignals() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    assert stop.requested() and stop.name == 'SIGINT'\n"

@@ -16,8 +16,9 @@ from test_cli import assert_user_error, run_cli
 
 from jaxgpt import loop
 from jaxgpt.config import GPTConfig, load_train_config
-from jaxgpt.convert import from_hf
-from jaxgpt.tokenizer import GPT2_BPE_ENV
+from jaxgpt.interop import hf
+from jaxgpt.interop.statedict import from_hf
+from jaxgpt.prep.tokenizer import GPT2_BPE_ENV
 
 CONFIG = str(Path(__file__).parent.parent / "experiments" / "finetune_shakespeare.py")
 
@@ -39,7 +40,7 @@ def tiny_gpt2(tmp_path_factory):
 def shakespeare_bpe(tmp_path_factory):
     if not os.environ.get(GPT2_BPE_ENV):
         pytest.skip(f"set {GPT2_BPE_ENV} to a folder with GPT-2's vocab.bpe, encoder.json")
-    from jaxgpt.prepare_bpe import prepare_shakespeare
+    from jaxgpt.prep.bpe import prepare_shakespeare
 
     root = tmp_path_factory.mktemp("data")
     prepare_shakespeare(synthetic_text(20000), str(root))
@@ -61,7 +62,7 @@ def overrides(folder, data, out, *extra) -> list[str]:
 def test_pretrained_weights_become_the_initial_state(tiny_gpt2, shakespeare_bpe, tmp_path):
     folder, state_dict = tiny_gpt2
     cfg = load_train_config(CONFIG, overrides(folder, shakespeare_bpe, tmp_path, "--block_size=16"))
-    run = loop.setup(cfg)
+    run = loop.setup(cfg, hf.run_weights)
     assert (run.model_cfg.n_layer, run.model_cfg.n_embd, run.model_cfg.block_size) == (2, 32, 16)
     assert run.model_cfg.vocab_size == 50257 and run.model_cfg.bias
     pretrained = GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)

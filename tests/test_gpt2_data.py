@@ -16,7 +16,7 @@ import pytest
 from conftest import shakespeare_path
 from test_cli import assert_user_error, run_cli
 
-from jaxgpt.tokenizer import GPT2_BPE_ENV, BPETokenizer
+from jaxgpt.prep.tokenizer import GPT2_BPE_ENV, BPETokenizer
 
 
 @pytest.fixture(scope="module")

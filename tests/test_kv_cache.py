@@ -18,8 +18,8 @@ import jaxgpt
 from jaxgpt import kv_cache, sample
 from jaxgpt.generation import compile_timer
 from jaxgpt.model import GPT, init_params
+from jaxgpt.prep.tokenizer import CharTokenizer
 from jaxgpt.sample import SamplingParams
-from jaxgpt.tokenizer import CharTokenizer
 
 # block_size 40: prompts are prefilled in pieces of 32 positions (0..31, then 8..39)
 CONFIG = dataclasses.replace(TINY_MODEL, block_size=40)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_text
 
-from jaxgpt import cli, lecture
+from jaxgpt import cli
+from jaxgpt.learn import lecture
 
 PREFIXES = ("bigram", "single head", "multi-head", "feed-forward", "residual", "layernorm", "full")
 

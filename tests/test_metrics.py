@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_run
 
-from jaxgpt import cli, loop, plot, train
-from jaxgpt.metrics import read_jsonl
+from jaxgpt import cli, loop, train
+from jaxgpt.watch import plot
+from jaxgpt.watch.metrics import read_jsonl
 
 
 class Terminal(io.StringIO):
@@ -91,7 +92,7 @@ def test_tensorboard_writer_does_not_import_torch(tmp_path):
     uses must not, and must still write events. A fresh process: tests import torch."""
     pytest.importorskip("torch")
     code = (
-        "import sys; from jaxgpt.metrics import tensorboard_writer\n"
+        "import sys; from jaxgpt.watch.metrics import tensorboard_writer\n"
         "w = tensorboard_writer()(sys.argv[1]); w.add_scalar('loss', 1.5, 0); w.close()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "import torch  # still importable afterwards\n"

@@ -18,9 +18,11 @@ torch = pytest.importorskip("torch")
 
 from torch_helpers import perturbed_ref, torch_steps  # noqa: E402
 
-from jaxgpt import hf, train  # noqa: E402
+from jaxgpt import train  # noqa: E402
 from jaxgpt.config import GPTConfig, TrainConfig  # noqa: E402
-from jaxgpt.convert import Bundle, from_nanogpt, to_nanogpt  # noqa: E402
+from jaxgpt.interop import hf  # noqa: E402
+from jaxgpt.interop.bundle import Bundle  # noqa: E402
+from jaxgpt.interop.statedict import from_nanogpt, to_nanogpt  # noqa: E402
 from jaxgpt.model import GPT, cross_entropy  # noqa: E402
 from jaxgpt.sample import SamplingParams, generate  # noqa: E402
 

@@ -22,7 +22,7 @@ from conftest import TINY_MODEL
 
 from jaxgpt import checkpoint, cli, ops, sharding
 from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.convert import from_nanogpt, to_nanogpt
+from jaxgpt.interop.statedict import from_nanogpt, to_nanogpt
 from jaxgpt.model import (
     GPT,
     abstract_params,

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from jaxgpt import torch_ref
 from jaxgpt.config import GPTConfig, TrainConfig
+from jaxgpt.interop import torch_ref
 
 
 def perturbed_ref(config: GPTConfig, seed: int = 0):

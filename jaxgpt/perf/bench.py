@@ -16,10 +16,11 @@ from contextlib import nullcontext
 import jax
 import numpy as np
 
-from jaxgpt import cpu, data, sharding, train
+from jaxgpt import data, sharding, train
 from jaxgpt.config import TrainConfig
-from jaxgpt.mfu import device_peak, flops_per_token
 from jaxgpt.model import num_params
+from jaxgpt.perf import cpu
+from jaxgpt.perf.mfu import device_peak, flops_per_token
 
 GROUP = 5  # steps dispatched back to back (as in training) between two waits
 

@@ -1,6 +1,6 @@
 """JAX vs PyTorch on the same machine: the same model, init, batches and optimizer.
 
-`torch_bench_train` times the project's PyTorch reference (torch_ref.py, nanoGPT's model,
+`torch_bench_train` times the project's PyTorch reference (interop/torch_ref.py, nanoGPT's model,
 AdamW groups, schedule and clipping; autocast, fused AdamW and TF32 on CUDA as nanoGPT's
 train.py) starting from jaxgpt's initial weights on jaxgpt's batches, and returns the
 same figures as bench.bench_train. `compare` runs jaxgpt, PyTorch eager and
@@ -18,12 +18,14 @@ import sys
 import jax
 import numpy as np
 
-from jaxgpt import bench, convert, cpu, train
+from jaxgpt import train
 from jaxgpt.config import TrainConfig
-from jaxgpt.mfu import PEAK_FLOPS, device_peak
+from jaxgpt.interop import statedict
 from jaxgpt.model import init_params, num_params
+from jaxgpt.perf import bench, cpu
+from jaxgpt.perf.mfu import PEAK_FLOPS, device_peak
 
-# what a comparison runs: jaxgpt (with its CPU allocator, cpu.py), PyTorch as users run
+# what a comparison runs: jaxgpt (with its CPU allocator, perf/cpu.py), PyTorch as users run
 # it, PyTorch eager with jaxgpt's allocator (tcmalloc, when installed), torch.compile
 IMPLS = ("jax", "torch", "torch+tcmalloc", "torch-compile")
 
@@ -39,7 +41,7 @@ def torch_bench_train(
 ) -> dict:
     import torch
 
-    from jaxgpt import torch_ref
+    from jaxgpt.interop import torch_ref
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -57,7 +59,7 @@ def torch_bench_train(
     n_params = num_params(params, model_cfg)
     model = torch_ref.GPT(model_cfg)
     state = {
-        k: torch.from_numpy(v.copy()) for k, v in convert.to_nanogpt(params, model_cfg).items()
+        k: torch.from_numpy(v.copy()) for k, v in statedict.to_nanogpt(params, model_cfg).items()
     }
     model.load_state_dict(state)
     model.to(device).train()

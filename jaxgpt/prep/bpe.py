@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.data import DataError, dataset_dir
-from jaxgpt.prepare import split_text, write_dataset
-from jaxgpt.tokenizer import GPT2_BPE_ENV, BPETokenizer
+from jaxgpt.prep.chars import split_text, write_dataset
+from jaxgpt.prep.tokenizer import GPT2_BPE_ENV, BPETokenizer
 
 OWT_VAL_FRACTION = 0.0005
 OWT_SEED = 2357

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.data import DataError, dataset_dir, write_split
-from jaxgpt.tokenizer import CharTokenizer
+from jaxgpt.prep.tokenizer import CharTokenizer
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -18,16 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.config import ConfigError, GPTConfig, TrainConfig
-from jaxgpt.convert import (
-    Bundle,
-    ConvertError,
-    config_from_hf,
-    from_hf,
-    hf_config,
-    to_hf,
-)
+from jaxgpt.interop.bundle import Bundle, ConvertError
+from jaxgpt.interop.statedict import config_from_hf, from_hf, hf_config, to_hf
 from jaxgpt.model import stack_layers
-from jaxgpt.tokenizer import GPT2_BPE_ENV, BPETokenizer
+from jaxgpt.prep.tokenizer import GPT2_BPE_ENV, BPETokenizer
 
 # OpenAI's checkpoints: (n_layer, n_head, n_embd); all have block 1024, vocab 50257, biases
 GPT2_MODELS = {
@@ -189,3 +183,8 @@ def for_run(bundle: Bundle, cfg: TrainConfig) -> tuple[dict, GPTConfig]:
     if model.scan_layers:
         params = stack_layers(params)
     return params, model
+
+
+def run_weights(cfg: TrainConfig) -> tuple[dict, GPTConfig]:
+    """The initial weights of a run with init_from=gpt2*|DIR (loop.setup's load_pretrained)."""
+    return for_run(load(cfg.init_from), cfg)

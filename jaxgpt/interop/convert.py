@@ -2,7 +2,7 @@
 
 Formats: `jaxgpt` (an out_dir of orbax checkpoints, see checkpoint.py), `hf` (a Hugging
 Face GPT-2 directory, see hf.py) and `nanogpt` (a ckpt.pt, see nanogpt.py). Every reader
-returns a convert.Bundle: the parameters in jaxgpt's layout with the config and tokenizer,
+returns a Bundle (bundle.py): the parameters in jaxgpt's layout with the config and tokenizer,
 and the run's progress and AdamW state where the format has them. A jaxgpt checkpoint
 written here is one `jaxgpt sample --out_dir` and `jaxgpt train --init_from=resume` take.
 """
@@ -18,21 +18,19 @@ import optax
 
 from jaxgpt import checkpoint, train
 from jaxgpt.config import TrainConfig, from_dict, to_dict
-from jaxgpt.convert import Bundle, ConvertError, Moments
+from jaxgpt.interop.bundle import FORMATS, Bundle, ConvertError, Moments
 from jaxgpt.model import abstract_params, stack_layers, unbox, unstack_layers
-
-FORMATS = ("hf", "nanogpt", "jaxgpt")
 
 
 def read(kind: str, src: str, meta: str | None = None) -> Bundle:
     if meta and kind != "nanogpt":
         raise ConvertError("--meta is nanoGPT's meta.pkl: use it with --from nanogpt")
     if kind == "hf":
-        from jaxgpt import hf
+        from jaxgpt.interop import hf
 
         return hf.load(src)  # a directory, or a GPT-2 name on the hub
     if kind == "nanogpt":
-        from jaxgpt import nanogpt
+        from jaxgpt.interop import nanogpt
 
         return nanogpt.load(src, meta)
     if kind == "jaxgpt":
@@ -42,11 +40,11 @@ def read(kind: str, src: str, meta: str | None = None) -> Bundle:
 
 def write(bundle: Bundle, kind: str, dst: str) -> Path:
     if kind == "hf":
-        from jaxgpt import hf
+        from jaxgpt.interop import hf
 
         return hf.save_dir(bundle, dst)
     if kind == "nanogpt":
-        from jaxgpt import nanogpt
+        from jaxgpt.interop import nanogpt
 
         return nanogpt.save(bundle, dst)
     if kind == "jaxgpt":

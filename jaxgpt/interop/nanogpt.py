@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
-from jaxgpt.convert import (
-    Bundle,
-    ConvertError,
-    Moments,
+from jaxgpt.interop.bundle import Bundle, ConvertError, Moments
+from jaxgpt.interop.statedict import (
     config_from_model_args,
     from_nanogpt,
     is_matrix,
@@ -26,7 +24,7 @@ from jaxgpt.convert import (
     nanogpt_param_names,
     to_nanogpt,
 )
-from jaxgpt.tokenizer import BPETokenizer
+from jaxgpt.prep.tokenizer import BPETokenizer
 
 NANOGPT_INIT_BEST = 1e9  # nanoGPT's best_val_loss before any evaluation
 

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, to_dict
-from jaxgpt.mfu import device_peak, flops_per_token
+from jaxgpt.perf.mfu import device_peak, flops_per_token
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -9,7 +9,7 @@ labelled by their folder, plus the config keys in which they differ.
 from pathlib import Path
 
 from jaxgpt.data import DataError
-from jaxgpt.metrics import METRICS_FILE, read_jsonl
+from jaxgpt.watch.metrics import METRICS_FILE, read_jsonl
 
 IGNORED_KEYS = {"out_dir", "init_from", "wandb_run_name", "eval_only", "wandb_log"}
 

@@ -11,16 +11,11 @@ Model configs map too: nanoGPT's `model_args` and HF's `config.json` <-> GPTConf
 are numpy float32 here; torch is not needed to convert.
 """
 
-import dataclasses
-
 import numpy as np
 
 from jaxgpt.config import ConfigError, GPTConfig
+from jaxgpt.interop.bundle import ConvertError
 from jaxgpt.model import stack_layers, unstack_layers
-
-
-class ConvertError(ValueError):
-    """A file of the wrong kind, a missing key or a shape/vocab mismatch; one line, exit 2."""
 
 
 def _np(x) -> np.ndarray:
@@ -297,28 +292,3 @@ def hf_config(config: GPTConfig) -> dict:
         "eos_token_id": 50256 if config.vocab_size > 50256 else None,
         "dtype": "float32",
     }
-
-
-@dataclasses.dataclass
-class Moments:
-    """AdamW's running averages in jaxgpt's parameter layout, and its step count."""
-
-    mu: dict  # exp_avg
-    nu: dict  # exp_avg_sq
-    count: int  # updates taken (torch's `step`, optax's count)
-
-
-@dataclasses.dataclass
-class Bundle:
-    """A model with what travels with it between formats: parameters in jaxgpt's layout
-    (h_0.. even for scan_layers models), its config and tokenizer, and when the source has
-    them the run config, progress and AdamW state."""
-
-    params: dict
-    config: GPTConfig
-    tokenizer: dict  # tokenizer meta, see tokenizer.from_meta
-    run: dict | None = None  # TrainConfig fields
-    iter_num: int = 0
-    best_val_loss: float = float("inf")
-    moments: Moments | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)  # printed by the CLI

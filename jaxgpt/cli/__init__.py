@@ -1,0 +1,74 @@
+"""The `jaxgpt` command: parses arguments and wires the package together, one module per
+command (they parse and wire; the work is done in the package).
+
+    jaxgpt prepare shakespeare_char|shakespeare|openwebtext [--input FILE] [--data_dir DIR]
+    jaxgpt train [CONFIG.py] [--key=value ...]
+    jaxgpt bench [CONFIG.py] [--key=value ...] [--compare=torch ...]
+    jaxgpt sample --out_dir DIR [--start TEXT | --start FILE:path] [--num_samples N]
+        [--stop TEXT] [--stop_token ID] [--kv_cache=False] ...
+    jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
+    jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
+    jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
+
+User mistakes (a bad key, missing data, an unknown character) end with one line on
+stderr and exit status 2; a run stopped by non-finite losses exits 1, one stopped by
+Ctrl-C exits 130 after saving its checkpoint. Nothing heavy is imported before the
+command runs: `entry` first re-executes with tcmalloc on a CPU (perf/cpu.py).
+"""
+
+import argparse
+import sys
+
+from jaxgpt.cli import bench, convert, lecture, plot, prepare, sample, train
+from jaxgpt.config import ConfigError
+from jaxgpt.data import DataError
+from jaxgpt.perf import cpu
+from jaxgpt.prep.tokenizer import TokenizerError
+from jaxgpt.watch.faults import NonFiniteError
+
+# train and bench take nanoGPT-style --key=value overrides, parsed by config.py
+KEY_VALUE_COMMANDS = {"train": train, "bench": bench}
+COMMANDS = {"prepare": prepare, "sample": sample, "convert": convert}
+COMMANDS |= {"lecture": lecture, "plot": plot}
+
+
+def user_errors() -> tuple:
+    """Exceptions that mean bad input: one line, exit 2. Two live in modules that import
+    JAX or orbax, hence imported only when an exception is being handled."""
+    from jaxgpt.checkpoint import CheckpointError
+    from jaxgpt.interop.bundle import ConvertError
+
+    return (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT in JAX, nanoGPT's way.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (prepare, train, bench, sample, convert, lecture, plot):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        if argv and argv[0] in KEY_VALUE_COMMANDS:
+            return KEY_VALUE_COMMANDS[argv[0]].run(argv[1:])
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command].run(args)
+    except user_errors() as e:
+        print(f"jaxgpt: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:  # the run diverged: not the user's input, exit 1
+        print(f"jaxgpt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    """The `jaxgpt` command and `python -m jaxgpt.cli`: on a CPU, re-execute with tcmalloc
+    first (perf/cpu.py); this package imports nothing heavy before that."""
+    cpu.use_tcmalloc()
+    sys.exit(main())

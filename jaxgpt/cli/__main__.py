@@ -1,0 +1,5 @@
+"""`python -m jaxgpt.cli`: the `jaxgpt` command."""
+
+from jaxgpt.cli import entry
+
+entry()

@@ -1,0 +1,83 @@
+"""`jaxgpt bench`: time the train step (perf/bench.py), or compare it with PyTorch's."""
+
+import json
+from pathlib import Path
+
+from jaxgpt.cli.train import split_config_file
+from jaxgpt.config import ConfigError
+
+BENCH_OPTIONS = {  # bench's own options and their defaults; other keys are TrainConfig's
+    "iters": 20,
+    "warmup": 3,
+    "real_data": False,
+    "vocab_size": 50304,
+    "profile": "",
+    "json": False,
+    "impl": "jax",
+    "compare": "",
+    "rounds": 3,
+    "plot": "",
+    "table": "",
+}
+
+
+def add_parser(sub) -> None:
+    sub.add_parser(
+        "bench",
+        help="time the train step: jaxgpt bench [CONFIG.py] [--key=value ...] [--iters=N] "
+        "[--real_data] [--profile=DIR] [--json] [--impl=jax|torch|torch-compile] "
+        "[--compare=torch --rounds=N --table=MD --plot=PNG]",
+    )
+
+
+def run(argv: list[str]) -> int:
+    """jaxgpt bench [CONFIG.py] [--key=value ...] with bench options among the keys."""
+    from jaxgpt.config import load_train_config, parse_value
+
+    opts, rest = dict(BENCH_OPTIONS), []
+    for arg in argv:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if key in BENCH_OPTIONS:
+            text = arg.split("=", 1)[1] if "=" in arg else "True"
+            opts[key] = parse_value(type(BENCH_OPTIONS[key]), key, text)
+        else:
+            rest.append(arg)
+    if opts["impl"] not in ("jax", "torch", "torch-compile"):
+        raise ConfigError(f"--impl={opts['impl']}: use jax, torch or torch-compile")
+    cfg = load_train_config(*split_config_file(rest))
+    if opts["compare"]:
+        if opts["compare"] != "torch":
+            raise ConfigError(f"--compare={opts['compare']}: only torch is supported")
+        from jaxgpt.perf import compare
+
+        passthrough = [
+            a
+            for a in argv
+            if not a.startswith(("--compare", "--rounds", "--plot", "--table", "--impl", "--json"))
+        ]
+        summary = compare.compare(passthrough, compare.IMPLS, opts["rounds"])
+        table = compare.markdown_table(summary)
+        print(table)
+        if opts["table"]:
+            Path(opts["table"]).write_text(table + "\n")
+        if opts["plot"]:
+            compare.plot_losses(summary, opts["plot"])
+        return 0
+    kw = dict(iters=opts["iters"], warmup=opts["warmup"], synthetic=not opts["real_data"])
+    if not opts["real_data"]:
+        kw["vocab_size"] = opts["vocab_size"]
+    if opts["impl"] == "jax":
+        from jaxgpt.perf.bench import bench_train
+
+        result = bench_train(cfg, profile_dir=opts["profile"] or None, **kw)
+    else:
+        from jaxgpt.perf.compare import torch_bench_train
+
+        result = torch_bench_train(cfg, compile=opts["impl"] == "torch-compile", **kw)
+    if opts["json"]:
+        print(json.dumps(result))
+    else:
+        from jaxgpt.perf.bench import format_result
+
+        print(format_result(result))
+    return 0
