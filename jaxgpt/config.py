@@ -34,6 +34,19 @@ class GPTConfig:
     attention: str = "auto"  # auto | xla | cudnn | einsum, see ops.causal_attention
     remat: bool = False  # rematerialise each block's activations in the backward pass
     scan_layers: bool = False  # one nn.scan over the blocks: faster compiles for deep models
+    # after nanoGPT (the defaults are nanoGPT's model; see model.py)
+    pos_encoding: str = "learned"  # learned (wpe, GPT-2) | rope (rotary, on q and k)
+    rope_theta: float = 10000.0  # rope: base of the rotary frequencies
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5  # epsilon of every norm
+    norm_scale: bool = True  # a learnable scale (gain) in every norm
+    mlp: str = "gelu"  # gelu (exact) | gelu_tanh (GPT-2's) | relu2 | swiglu (Llama's)
+    mlp_hidden: int = 0  # hidden units of the MLP; 0: 4 * n_embd
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
+    tie_embeddings: bool = True  # the lm head is wte (nanoGPT, GPT-2); False: its own kernel
+    logit_softcap: float = 0.0  # logits = c * tanh(logits / c); 0: off
+    zero_init_proj: bool = False  # zero-initialise c_proj (and an untied lm head)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -45,6 +58,49 @@ class GPTConfig:
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in ("float32", "bfloat16", "float16"):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: use float32, bfloat16 or float16")
+        for key, choices in CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)!r}: choose one of {', '.join(choices)}"
+                )
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"pos_encoding=rope needs an even head size, not {self.head_size}")
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0: n_head)"
+            )
+        for key in ("rope_theta", "norm_eps"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}={getattr(self, key)} is out of range: must be > 0")
+        for key in ("mlp_hidden", "logit_softcap"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} is out of range: must be >= 0")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+
+CHOICES = {
+    "pos_encoding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
+}
+# the keys of GPTConfig a run sets through TrainConfig (the rest: vocab_size, param_dtype)
+MODEL_KEYS = (
+    "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "dtype", "attention",
+    "remat", "scan_layers", "pos_encoding", "rope_theta", "norm", "norm_eps", "norm_scale",
+    "mlp", "mlp_hidden", "qk_norm", "n_kv_head", "tie_embeddings", "logit_softcap",
+    "zero_init_proj",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,6 +133,19 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     vocab_size: int = 0  # 0: the dataset's; nanoGPT pads GPT-2's 50257 to 50304 for speed
+    # model: after nanoGPT (GPTConfig's options; the defaults are nanoGPT's model)
+    pos_encoding: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0  # rope: base of the rotary frequencies
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5  # epsilon of every norm
+    norm_scale: bool = True  # a learnable scale (gain) in every norm
+    mlp: str = "gelu"  # gelu | gelu_tanh | relu2 | swiglu
+    mlp_hidden: int = 0  # hidden units of the MLP; 0: 4 * n_embd
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
+    tie_embeddings: bool = True  # the lm head is wte; False: an lm head of its own
+    logit_softcap: float = 0.0  # logits = c * tanh(logits / c); 0: off
+    zero_init_proj: bool = False  # zero-initialise c_proj (and an untied lm head)
     # adamw optimizer
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -122,19 +191,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The model this run trains, for a dataset of `vocab_size` tokens."""
-        return GPTConfig(
-            block_size=self.block_size,
-            vocab_size=vocab_size,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            dropout=self.dropout,
-            bias=self.bias,
-            dtype=self.dtype,
-            attention=self.attention,
-            remat=self.remat,
-            scan_layers=self.scan_layers,
-        )
+        return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_KEYS})
 
 
 def _field_types(cls) -> dict[str, type]:

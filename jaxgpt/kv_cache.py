@@ -82,7 +82,7 @@ def _features(config: GPTConfig, params, cache, idx, pos):
 
 def _next_token(config: GPTConfig, params, x_last, key, i, sp: SamplingParams):
     """Sample generated token i from the last position's hidden state (B, C)."""
-    logits = GPT(config).apply({"params": params}, x_last, method=GPT.lm_head)  # (B, V)
+    logits = GPT(config).apply({"params": params}, x_last, method=GPT.logits)  # (B, V)
     return sample_logits(logits, token_key(key, i), sp)  # (B,)
 
 

@@ -9,8 +9,19 @@ is a rename plus reshapes (see interop/statedict.py).
 The attention projections keep heads as their own axis, c_attn: (C, 3, nh, hs) and
 c_proj: (nh, hs, C), so tensor parallelism splits whole heads. Every parameter carries
 logical axis names (embed, heads, kv, mlp, vocab) that sharding.py maps to the mesh.
+
+What the field learned after nanoGPT comes as GPTConfig options, each off by default
+(the defaults are nanoGPT's model, bit for bit): rotary position embeddings instead of
+wpe (pos_encoding=rope, RoFormer/Llama), RMSNorm (norm=rmsnorm, optionally without a
+scale), the tanh GELU, ReLU^2 and SwiGLU MLPs (mlp=; SwiGLU's gate and up projections are
+one c_fc kernel (C, 2, H)), RMSNorm on queries and keys (qk_norm), grouped-query attention
+(n_kv_head: c_attn becomes (C, G + 2, n_kv_head, hs), G query heads per key/value head),
+an untied lm head (tie_embeddings=False: lm_head/kernel (C, V)), tanh soft-capping of the
+logits (logit_softcap) and zero-initialised output projections (zero_init_proj), as in
+modded-nanogpt's speedrun and the Llama family.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -19,7 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.config import GPTConfig
-from jaxgpt.ops import attention_impl, causal_attention, dense, gelu, logits_matmul
+from jaxgpt.ops import (
+    ACTIVATIONS,
+    attention_impl,
+    causal_attention,
+    dense,
+    logits_matmul,
+    rotary,
+    softcap,
+)
 
 
 def _normal(std: float, axes: tuple):
@@ -34,21 +53,22 @@ def _dtypes(config: GPTConfig) -> dict:
     return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
 
-def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
-    # flax computes LayerNorm statistics in float32 even for bfloat16 inputs
+def _norm(config: GPTConfig, name: str, axis: str = "embed", kind: str | None = None):
+    """The block's norm: LayerNorm (nanoGPT) or RMSNorm, over the last axis (logical name
+    `axis`). flax computes the statistics in float32 even for bfloat16 inputs."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,))
+    common = dict(epsilon=config.norm_eps, use_scale=config.norm_scale, scale_init=scale_init)
+    if (kind or config.norm) == "rmsnorm":
+        return nn.RMSNorm(name=name, **common, **_dtypes(config))
     return nn.LayerNorm(
-        epsilon=1e-5,
-        use_bias=config.bias,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=_zeros(("embed",)),
-        name=name,
-        **_dtypes(config),
+        use_bias=config.bias, bias_init=_zeros((axis,)), name=name, **common, **_dtypes(config)
     )
 
 
 def _residual_std(config: GPTConfig) -> float:
-    # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer)
-    return 0.02 / math.sqrt(2 * config.n_layer)
+    # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer);
+    # zero_init_proj starts them at zero (modded-nanogpt): each block starts as the identity
+    return 0.0 if config.zero_init_proj else 0.02 / math.sqrt(2 * config.n_layer)
 
 
 class Linear(nn.Module):
@@ -66,12 +86,27 @@ class Linear(nn.Module):
         cfg = self.config
         param_dtype = jnp.dtype(cfg.param_dtype)
         shape = x.shape[x.ndim - self.n_in :] + tuple(self.features)
-        kernel = self.param("kernel", _normal(self.std, self.axes), shape, param_dtype)
+        init = _normal(self.std, self.axes) if self.std else _zeros(self.axes)
+        kernel = self.param("kernel", init, shape, param_dtype)
         bias = None
         if cfg.bias:
             bias_axes = self.axes[self.n_in :]
             bias = self.param("bias", _zeros(bias_axes), tuple(self.features), param_dtype)
         return dense(x, kernel, bias, self.n_in, jnp.dtype(cfg.dtype))
+
+
+class LMHead(nn.Module):
+    """An lm head of its own (tie_embeddings=False): kernel (C, V), float32 logits."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        init = _zeros if cfg.zero_init_proj else functools.partial(_normal, 0.02)
+        shape, dtype = (cfg.n_embd, cfg.vocab_size), jnp.dtype(cfg.dtype)
+        kernel = self.param("kernel", init(("embed", "vocab")), shape, jnp.dtype(cfg.param_dtype))
+        return logits_matmul(x.astype(dtype), kernel.T.astype(dtype))  # (..., V)
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,18 +116,26 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
-        nh, hs = cfg.n_head, C // cfg.n_head
+        nh, nkv, hs = cfg.n_head, cfg.kv_heads, cfg.head_size
+        G = nh // nkv  # query heads per key/value head: 1 unless grouped-query
         # query, key, value for all heads in one matmul
-        qkv = Linear((3, nh, hs), ("embed", None, "heads", "kv"), cfg, name="c_attn")(x)
-        # qkv: (B, T, 3, nh, hs)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, nh, hs)
+        qkv = Linear((G + 2, nkv, hs), ("embed", None, "heads", "kv"), cfg, name="c_attn")(x)
+        # qkv: (B, T, G + 2, nkv, hs); query head j * G + i is qkv[:, :, i, j]
+        q = jnp.swapaxes(qkv[:, :, :G], 2, 3).reshape(B, T, nh, hs)
+        k, v = qkv[:, :, G], qkv[:, :, G + 1]  # (B, T, nkv, hs)
+        if cfg.qk_norm:
+            q = _norm(cfg, "q_norm", "kv", kind="rmsnorm")(q)
+            k = _norm(cfg, "k_norm", "kv", kind="rmsnorm")(k)
+        if cfg.pos_encoding == "rope":
+            pos = jnp.arange(T) if decode_pos is None else decode_pos + jnp.arange(T)
+            q, k = rotary(q, pos, cfg.rope_theta), rotary(k, pos, cfg.rope_theta)
         dropout = cfg.dropout if not deterministic else 0.0
         impl = attention_impl(cfg.attention, cfg.dtype, dropout > 0)
         if decode_pos is not None:
             # KV cache (kv_cache.py): x holds positions decode_pos..decode_pos+T-1; their
-            # keys/values go into fixed (B, block_size, nh, hs) buffers, queries attend to
+            # keys/values go into fixed (B, block_size, nkv, hs) buffers, queries attend to
             # every cached position up to their own
-            shape = (B, cfg.block_size, nh, hs)
+            shape = (B, cfg.block_size, nkv, hs)
             ck = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
             cv = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
             ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, decode_pos, axis=1)
@@ -119,8 +162,13 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        h = Linear((4 * cfg.n_embd,), ("embed", "mlp"), cfg, name="c_fc")(x)  # (B, T, 4C)
-        h = gelu(h)
+        H = cfg.hidden_size  # 4C unless mlp_hidden
+        if cfg.mlp == "swiglu":  # Llama: silu(x W_gate) * (x W_up), one matmul for both
+            h = Linear((2, H), ("embed", None, "mlp"), cfg, name="c_fc")(x)  # (B, T, 2, H)
+            h = jax.nn.silu(h[..., 0, :]) * h[..., 1, :]  # (B, T, H)
+        else:
+            h = Linear((H,), ("embed", "mlp"), cfg, name="c_fc")(x)  # (B, T, H)
+            h = ACTIVATIONS[cfg.mlp](h)
         h = Linear((cfg.n_embd,), ("mlp", "embed"), cfg, std=_residual_std(cfg), name="c_proj")(
             h
         )  # (B, T, C)
@@ -134,9 +182,9 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = x + CausalSelfAttention(self.config, name="attn")(
-            _layer_norm(self.config, "ln_1")(x), deterministic, decode_pos
+            _norm(self.config, "ln_1")(x), deterministic, decode_pos
         )
-        x = x + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
+        x = x + MLP(self.config, name="mlp")(_norm(self.config, "ln_2")(x), deterministic)
         return x
 
 
@@ -159,12 +207,15 @@ class GPT(nn.Module):
             embedding_init=_normal(0.02, ("vocab", "embed")),
             **_dtypes(cfg),
         )
-        self.wpe = nn.Embed(
-            cfg.block_size,
-            cfg.n_embd,
-            embedding_init=_normal(0.02, (None, "embed")),
-            **_dtypes(cfg),
-        )
+        if cfg.pos_encoding == "learned":
+            self.wpe = nn.Embed(
+                cfg.block_size,
+                cfg.n_embd,
+                embedding_init=_normal(0.02, (None, "embed")),
+                **_dtypes(cfg),
+            )
+        if not cfg.tie_embeddings:
+            self.lm_head = LMHead(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.scan_layers:
             body = nn.remat(_ScanBlock, static_argnums=(2,)) if cfg.remat else _ScanBlock
@@ -180,7 +231,7 @@ class GPT(nn.Module):
         else:
             block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
             self.h = [block(cfg) for _ in range(cfg.n_layer)]  # named h_0, h_1, ...
-        self.ln_f = _layer_norm(cfg, "ln_f")
+        self.ln_f = _norm(cfg, "ln_f")
 
     def features(self, idx: jax.Array, deterministic: bool = True, decode_pos=None) -> jax.Array:
         """Final hidden states (after ln_f) for token ids idx: (B, T) -> (B, T, C).
@@ -191,8 +242,10 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} > block_size {self.config.block_size}")
-        pos = jnp.arange(T) if decode_pos is None else decode_pos + jnp.arange(T)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.pos_encoding == "learned":  # rope rotates q and k in the attention
+            pos = jnp.arange(T) if decode_pos is None else decode_pos + jnp.arange(T)
+            x = x + self.wpe(pos)
         x = self.drop(x, deterministic=deterministic)
         if self.config.scan_layers:
             x, _ = self.h(x, deterministic, decode_pos)
@@ -201,14 +254,19 @@ class GPT(nn.Module):
                 x = block(x, deterministic, decode_pos)
         return self.ln_f(x)
 
-    def lm_head(self, x: jax.Array) -> jax.Array:
-        """Logits from hidden states, tied to wte, always float32: (..., C) -> (..., V)."""
-        dtype = self.config.dtype
-        return logits_matmul(x.astype(dtype), self.wte.embedding.astype(dtype))
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Logits from hidden states, always float32: (..., C) -> (..., V). The lm head is
+        wte (tied, nanoGPT) or lm_head's kernel."""
+        cfg = self.config
+        if cfg.tie_embeddings:
+            logits = logits_matmul(x.astype(cfg.dtype), self.wte.embedding.astype(cfg.dtype))
+        else:
+            logits = self.lm_head(x)
+        return softcap(logits, cfg.logit_softcap)
 
     def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
         """Logits for every position: (B, T) int -> (B, T, vocab_size) float32."""
-        return self.lm_head(self.features(idx, deterministic))
+        return self.logits(self.features(idx, deterministic))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -276,6 +334,6 @@ def num_params(params: dict, config: GPTConfig, non_embedding: bool = True) -> i
     The lm head shares wte, so it is counted once.
     """
     n = sum(p.size for p in jax.tree.leaves(params))
-    if non_embedding:
+    if non_embedding and config.pos_encoding == "learned":
         n -= config.block_size * config.n_embd
     return n

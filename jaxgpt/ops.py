@@ -1,4 +1,4 @@
-"""Numerical building blocks of the model: causal attention and GELU.
+"""Numerical building blocks of the model: causal attention, activations, rotary embeddings.
 
 Kept apart from model.py so that the modules read like nanoGPT's while the kernels
 underneath can be swapped (XLA's fused attention, cuDNN flash attention, or plain
@@ -16,6 +16,40 @@ def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU, x * Phi(x), in torch.nn.GELU()'s form (nanoGPT's): jax.nn.gelu's erfc
     form costs XLA:CPU two branches per element (3% of the CPU config's step)."""
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GPT-2's tanh approximation of GELU (HF's gelu_new, torch's approximate="tanh")."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def relu2(x: jax.Array) -> jax.Array:
+    """ReLU squared (Primer; the modded-nanogpt MLP)."""
+    return jnp.square(jax.nn.relu(x))
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu2": relu2}
+
+
+def rotary(x: jax.Array, pos: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of queries or keys (B, T, nh, hs) at positions pos (T,).
+
+    Llama's convention (transformers' rotate_half): dimension i < hs/2 pairs with i + hs/2
+    and turns by pos * theta^(-2i/hs). The angles are computed in float32.
+    """
+    hs = x.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, hs, 2, dtype=jnp.float32) / hs)  # (hs/2,)
+    angles = pos.astype(jnp.float32)[:, None] * inv_freq  # (T, hs/2)
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, None, :]  # (T, 1, hs)
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, None, :]
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)).astype(x.dtype)
+
+
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(logits / cap): logits bounded to (-cap, cap); cap 0 leaves them as they are."""
+    return cap * jnp.tanh(logits / cap) if cap > 0 else logits
 
 
 def attention_impl(impl: str, dtype: str, training_dropout: bool) -> str:
@@ -50,11 +84,17 @@ def causal_attention(
     KV cache: keys past the last query are masked). Scores and softmax are in float32
     whatever the input dtype. The einsum implementation of a training step (Tq = Tk, no
     attention dropout) is `blocked_causal_attention`.
+
+    Grouped-query attention: k and v may have fewer heads than q, nh = G * n_kv_head;
+    query head h reads key/value head h // G (Llama's repeat_kv).
     """
-    if impl in ("xla", "cudnn") and q_offset is None:
+    if impl in ("xla", "cudnn") and q_offset is None:  # both take grouped k, v as they are
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=True, implementation=None if impl == "xla" else "cudnn"
         )
+    groups = q.shape[2] // k.shape[2]
+    if groups > 1:
+        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)  # (B, Tk, nh, hs)
     Tq, Tk, hs = q.shape[1], k.shape[1], q.shape[-1]
     # (B, nh, T, hs) layouts make both einsums plain batched matmuls
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))

@@ -86,7 +86,7 @@ def _generate_chunk(params, buf, n, key, start, *, config: GPTConfig, sp: Sampli
         buf, n = carry
         x = model.apply({"params": params}, buf, method=GPT.features)  # (B, T, C)
         last = jax.lax.dynamic_index_in_dim(x, n - 1, axis=1, keepdims=False)  # (B, C)
-        logits = model.apply({"params": params}, last, method=GPT.lm_head)  # (B, V)
+        logits = model.apply({"params": params}, last, method=GPT.logits)  # (B, V)
         tok = sample_logits(logits, token_key(key, start + i), sp)  # (B,)
         full = n == T
         buf = jnp.where(full, jnp.roll(buf, -1, axis=1), buf)

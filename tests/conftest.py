@@ -59,6 +59,33 @@ def data_dir(tmp_path_factory) -> str:
 
 TINY_MODEL = GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=32, bias=True)
 
+# the model options after nanoGPT, one at a time, and the combinations the Llama family and
+# the speedrun use (GPTConfig keys; tests apply them to their own base configs)
+OPTIONS = {
+    "rope": dict(pos_encoding="rope", rope_theta=500.0),
+    "rmsnorm": dict(norm="rmsnorm", norm_eps=1e-6),
+    "rmsnorm_no_scale": dict(norm="rmsnorm", norm_scale=False),
+    "layernorm_no_scale": dict(norm_scale=False),
+    "gelu_tanh": dict(mlp="gelu_tanh"),
+    "relu2": dict(mlp="relu2"),
+    "swiglu": dict(mlp="swiglu", mlp_hidden=48),
+    "qk_norm": dict(qk_norm=True),
+    "gqa": dict(n_kv_head=2),
+    "mqa": dict(n_kv_head=1),
+    "untied": dict(tie_embeddings=False),
+    "softcap": dict(logit_softcap=3.0),
+    "zero_init": dict(zero_init_proj=True, tie_embeddings=False),
+}
+LLAMA = dict(
+    pos_encoding="rope", rope_theta=500.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu",
+    mlp_hidden=48, n_kv_head=2, tie_embeddings=False, bias=False,
+)  # fmt: skip
+SPEEDRUN = dict(
+    pos_encoding="rope", norm="rmsnorm", norm_scale=False, mlp="relu2", qk_norm=True,
+    tie_embeddings=False, logit_softcap=3.0, zero_init_proj=True, bias=False,
+)  # fmt: skip
+COMBOS = {"llama": LLAMA, "speedrun": SPEEDRUN}
+
 
 def tiny_run(data_dir: str, out_dir: str, **overrides) -> TrainConfig:
     """A run config that trains in seconds on the `tiny` dataset."""

@@ -75,7 +75,7 @@ def test_prefill_then_decode_equals_full_forward(scan_layers):
             method=GPT.features,
             mutable=["cache"],
         )
-        return model.apply({"params": params}, x, method=GPT.lm_head), mutated["cache"]
+        return model.apply({"params": params}, x, method=GPT.logits), mutated["cache"]
 
     P = 5
     logits, cache = run(kv_cache.init_cache(config, 2), idx[:, :P], 0)  # prefill

@@ -7,6 +7,9 @@ import torch
 from jaxgpt.config import GPTConfig, TrainConfig
 from jaxgpt.interop import torch_ref
 
+# the parity models are tiny: one thread each is faster than two contending (pytest -n 2)
+torch.set_num_threads(1)
+
 
 def perturbed_ref(config: GPTConfig, seed: int = 0):
     """A torch_ref GPT at nanoGPT's init plus noise, so biases and LayerNorms matter."""

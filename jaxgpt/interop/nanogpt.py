@@ -21,6 +21,7 @@ from jaxgpt.interop.statedict import (
     from_nanogpt,
     is_matrix,
     model_args,
+    nanogpt_options,
     nanogpt_param_names,
     to_nanogpt,
 )
@@ -198,6 +199,11 @@ def save(bundle: Bundle, dst) -> Path:
     """Write a ckpt.pt that nanoGPT's sample.py and train.py (init_from='resume') load;
     a character vocabulary goes beside it as meta.pkl."""
     torch = _torch()
+    options = nanogpt_options(bundle.config)
+    if options:
+        raise ConvertError(
+            f"nanoGPT's model has no {', '.join(options)}: export this model --to hf or keep it"
+        )
     path = ckpt_path(dst, must_exist=False)
     if path.exists():
         raise ConvertError(f"{path} already exists; choose another destination")

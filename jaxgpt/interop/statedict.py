@@ -9,7 +9,16 @@ biases, and files saved from a bare GPT2Model lack the `transformer.` prefix.
 
 Model configs map too: nanoGPT's `model_args` and HF's `config.json` <-> GPTConfig. Arrays
 are numpy float32 here; torch is not needed to convert.
+
+The model options after nanoGPT map to the state_dict of torch_ref.py (which has them):
+c_attn's rows are q, k, v with query head j * G + i of key/value head j (jaxgpt's
+(C, G + 2, n_kv_head, hs) kernel swaps its first two axes), a SwiGLU c_fc's rows are gate
+then up, q_norm/k_norm live under attn, an untied head is `lm_head.weight`, and there is
+no wpe with rotary embeddings. nanoGPT's own model.py has none of them: `nanogpt_options`
+names what a ckpt.pt cannot hold.
 """
+
+import math
 
 import numpy as np
 
@@ -27,25 +36,56 @@ def _np(x) -> np.ndarray:
 def _linear_pairs(config: GPTConfig, i: int) -> list[tuple[str, str, tuple, tuple, tuple]]:
     """Block i's linears: (jaxgpt path, nanoGPT prefix, jaxgpt kernel shape, jaxgpt bias
     shape, (in, out) matrix shape)."""
-    C, nh = config.n_embd, config.n_head
-    hs = C // nh
+    C, nh, nkv, hs, H = (config.n_embd, config.n_head, config.kv_heads, config.head_size,
+                         config.hidden_size)  # fmt: skip
+    G, fc = nh // nkv, (2, H) if config.mlp == "swiglu" else (H,)
+    qkv = (G + 2, nkv, hs)
     j, t = f"h_{i}", f"transformer.h.{i}"
     return [
-        (f"{j}/attn/c_attn", f"{t}.attn.c_attn", (C, 3, nh, hs), (3, nh, hs), (C, 3 * C)),
+        (f"{j}/attn/c_attn", f"{t}.attn.c_attn", (C, *qkv), qkv, (C, (nh + 2 * nkv) * hs)),
         (f"{j}/attn/c_proj", f"{t}.attn.c_proj", (nh, hs, C), (C,), (C, C)),
-        (f"{j}/mlp/c_fc", f"{t}.mlp.c_fc", (C, 4 * C), (4 * C,), (C, 4 * C)),
-        (f"{j}/mlp/c_proj", f"{t}.mlp.c_proj", (4 * C, C), (C,), (4 * C, C)),
+        (f"{j}/mlp/c_fc", f"{t}.mlp.c_fc", (C, *fc), fc, (C, math.prod(fc))),
+        (f"{j}/mlp/c_proj", f"{t}.mlp.c_proj", (H, C), (C,), (H, C)),
     ]
 
 
-def _norm_pairs(config: GPTConfig) -> list[tuple[str, str]]:
-    pairs = [("ln_f", "transformer.ln_f")]
+def _norm_pairs(config: GPTConfig) -> list[tuple[str, str, int]]:
+    """Every norm: (jaxgpt path, nanoGPT prefix, features)."""
+    C, hs = config.n_embd, config.head_size
+    pairs = [("ln_f", "transformer.ln_f", C)]
     for i in range(config.n_layer):
-        pairs += [
-            (f"h_{i}/ln_1", f"transformer.h.{i}.ln_1"),
-            (f"h_{i}/ln_2", f"transformer.h.{i}.ln_2"),
-        ]
+        j, t = f"h_{i}", f"transformer.h.{i}"
+        pairs += [(f"{j}/ln_1", f"{t}.ln_1", C), (f"{j}/ln_2", f"{t}.ln_2", C)]
+        if config.qk_norm:
+            pairs += [(f"{j}/attn/q_norm", f"{t}.attn.q_norm", hs)]
+            pairs += [(f"{j}/attn/k_norm", f"{t}.attn.k_norm", hs)]
     return pairs
+
+
+def _norm_params(config: GPTConfig, path: str) -> tuple[str, ...]:
+    """The parameters of a norm: LayerNorm's scale and bias, RMSNorm's scale, either
+    without its scale when norm_scale=False."""
+    rms = config.norm == "rmsnorm" or path.endswith(("q_norm", "k_norm"))
+    return (("scale",) if config.norm_scale else ()) + (() if rms or not config.bias else ("bias",))
+
+
+TORCH_NORM_NAMES = {"scale": "weight", "bias": "bias"}
+
+
+def _qkv_to_torch(x: np.ndarray, config: GPTConfig) -> np.ndarray:
+    """c_attn's kernel (C, G + 2, nkv, hs) or bias (G + 2, nkv, hs) -> torch_ref's rows
+    flattened (C, out) or (out,): q with query head j * G + i of kv head j, then k, v."""
+    G, lead = config.n_head // config.kv_heads, x.shape[:-3]
+    q = np.swapaxes(x[..., :G, :, :], -3, -2)  # (..., nkv, G, hs)
+    return np.concatenate([q.reshape(*lead, -1), x[..., G:, :, :].reshape(*lead, -1)], -1)
+
+
+def _qkv_from_torch(x: np.ndarray, config: GPTConfig) -> np.ndarray:
+    """The inverse of _qkv_to_torch: (..., out) -> (..., G + 2, nkv, hs)."""
+    G, nkv, hs = config.n_head // config.kv_heads, config.kv_heads, config.head_size
+    lead, n_q = x.shape[:-1], config.n_head * hs
+    q = np.swapaxes(x[..., :n_q].reshape(*lead, nkv, G, hs), -3, -2)  # (..., G, nkv, hs)
+    return np.concatenate([q, x[..., n_q:].reshape(*lead, 2, nkv, hs)], axis=-3)
 
 
 def _get(tree: dict, path: str):
@@ -66,22 +106,26 @@ def to_nanogpt(params: dict, config: GPTConfig) -> dict[str, np.ndarray]:
     (lm_head.weight shares wte)."""
     if "h" in params:  # scan_layers=True
         params = unstack_layers(params)
-    sd = {
-        "transformer.wte.weight": _np(params["wte"]["embedding"]),
-        "transformer.wpe.weight": _np(params["wpe"]["embedding"]),
-    }
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    sd = {"transformer.wte.weight": _np(params["wte"]["embedding"])}
+    if config.pos_encoding == "learned":
+        sd["transformer.wpe.weight"] = _np(params["wpe"]["embedding"])
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    else:
+        sd["lm_head.weight"] = np.ascontiguousarray(_np(params["lm_head"]["kernel"]).T)
     for i in range(config.n_layer):
         for path, prefix, _, _, matrix in _linear_pairs(config, i):
             layer = _get(params, path)
-            kernel = _np(layer["kernel"]).reshape(matrix)  # (in, out)
-            sd[f"{prefix}.weight"] = np.ascontiguousarray(kernel.T)  # (out, in)
+            kernel, bias = _np(layer["kernel"]), _np(layer["bias"]) if config.bias else None
+            if path.endswith("c_attn"):
+                kernel = _qkv_to_torch(kernel, config)
+                bias = _qkv_to_torch(bias, config) if config.bias else None
+            sd[f"{prefix}.weight"] = np.ascontiguousarray(kernel.reshape(matrix).T)  # (out, in)
             if config.bias:
-                sd[f"{prefix}.bias"] = _np(layer["bias"]).reshape(-1)
-    for path, prefix in _norm_pairs(config):
-        sd[f"{prefix}.weight"] = _np(_get(params, path)["scale"])
-        if config.bias:
-            sd[f"{prefix}.bias"] = _np(_get(params, path)["bias"])
+                sd[f"{prefix}.bias"] = bias.reshape(-1)
+    for path, prefix, _ in _norm_pairs(config):
+        for name in _norm_params(config, path):
+            sd[f"{prefix}.{TORCH_NORM_NAMES[name]}"] = _np(_get(params, path)[name])
     return sd
 
 
@@ -111,23 +155,27 @@ def from_nanogpt(state_dict: dict, config: GPTConfig) -> dict:
         return value
 
     C, V, T = config.n_embd, config.vocab_size, config.block_size
-    params: dict = {
-        "wte": {"embedding": take("transformer.wte.weight", (V, C))},
-        "wpe": {"embedding": take("transformer.wpe.weight", (T, C))},
-    }
+    params: dict = {"wte": {"embedding": take("transformer.wte.weight", (V, C))}}
+    if config.pos_encoding == "learned":
+        params["wpe"] = {"embedding": take("transformer.wpe.weight", (T, C))}
     for i in range(config.n_layer):
         for path, prefix, kshape, bshape, (n_in, n_out) in _linear_pairs(config, i):
-            weight = take(f"{prefix}.weight", (n_out, n_in))
-            layer = {"kernel": np.ascontiguousarray(weight.T).reshape(kshape)}
+            kernel = np.ascontiguousarray(take(f"{prefix}.weight", (n_out, n_in)).T)
+            bias = take(f"{prefix}.bias", (n_out,)) if config.bias else None
+            if path.endswith("c_attn"):
+                kernel = _qkv_from_torch(kernel, config)
+                bias = _qkv_from_torch(bias, config) if config.bias else None
+            layer = {"kernel": kernel.reshape(kshape)}
             if config.bias:
-                layer["bias"] = take(f"{prefix}.bias", (n_out,)).reshape(bshape)
+                layer["bias"] = bias.reshape(bshape)
             _put(params, path, layer)
-    for path, prefix in _norm_pairs(config):
-        norm = {"scale": take(f"{prefix}.weight", (C,))}
-        if config.bias:
-            norm["bias"] = take(f"{prefix}.bias", (C,))
-        _put(params, path, norm)
-    if "lm_head.weight" in sd and not np.array_equal(
+    for path, prefix, n in _norm_pairs(config):
+        names = _norm_params(config, path)
+        if names:
+            _put(params, path, {k: take(f"{prefix}.{TORCH_NORM_NAMES[k]}", (n,)) for k in names})
+    if not config.tie_embeddings:
+        params["lm_head"] = {"kernel": np.ascontiguousarray(take("lm_head.weight", (V, C)).T)}
+    elif "lm_head.weight" in sd and not np.array_equal(
         _np(sd["lm_head.weight"]), params["wte"]["embedding"]
     ):
         raise ConvertError("lm_head.weight differs from transformer.wte.weight: not a tied GPT")
@@ -182,7 +230,7 @@ def to_hf(params: dict, config: GPTConfig) -> dict[str, np.ndarray]:
         zeros.update(
             {
                 f"{prefix}.bias": np.zeros(config.n_embd, np.float32)
-                for _, prefix in _norm_pairs(config)
+                for _, prefix, _ in _norm_pairs(config)
             }
         )
         sd.update(zeros)
@@ -210,6 +258,22 @@ def nanogpt_param_names(config: GPTConfig) -> list[str]:
 def is_matrix(name: str) -> bool:
     """nanoGPT decays every >= 2-D parameter: embeddings and Linear weights."""
     return name.endswith(".weight") and ".ln_" not in name
+
+
+def nanogpt_options(config: GPTConfig) -> list[str]:
+    """The options after nanoGPT that `config` sets (`key=value`): what nanoGPT's model.py,
+    and so a ckpt.pt, cannot hold."""
+    default = GPTConfig()
+    keys = ("pos_encoding", "rope_theta", "norm", "norm_eps", "norm_scale", "mlp", "mlp_hidden")
+    keys += ("qk_norm", "n_kv_head", "tie_embeddings", "logit_softcap", "zero_init_proj")
+    changed = [k for k in keys if getattr(config, k) != getattr(default, k)]
+    same = {  # settings that leave nanoGPT's function as it is
+        "zero_init_proj": True,  # an init, not a different model
+        "n_kv_head": config.kv_heads == config.n_head,
+        "mlp_hidden": config.hidden_size == 4 * config.n_embd,
+        "rope_theta": config.pos_encoding == "learned",
+    }
+    return [f"{k}={getattr(config, k)}" for k in changed if not same.get(k, False)]
 
 
 # model configs: nanoGPT's model_args and HF's config.json
