@@ -101,6 +101,9 @@ MODEL_KEYS = (
     "mlp", "mlp_hidden", "qk_norm", "n_kv_head", "tie_embeddings", "logit_softcap",
     "zero_init_proj",
 )  # fmt: skip
+# the keys that define the function a model computes (not how it is computed)
+COMPUTE_KEYS = ("dropout", "dtype", "attention", "remat", "scan_layers")
+ARCH_KEYS = tuple(k for k in MODEL_KEYS if k not in COMPUTE_KEYS)
 
 
 @dataclass(frozen=True)

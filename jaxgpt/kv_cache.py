@@ -5,15 +5,18 @@ every new token and reads the logits of the last position. This sampler draws th
 tokens (same logits up to float rounding, same key per token as sample.py) far faster
 while the context fits in block_size, in two phases:
 
-1. Context <= block_size: the prompt is prefilled once into fixed (B, block_size, nh, hs)
-   key/value buffers per layer (model.py's `cache` collection), then each new token is
+1. Context <= block_size: the prompt is prefilled once into fixed (B, block_size, nkv, hs)
+   key/value buffers per layer (model.py's `cache` collection; nkv = n_kv_head, keys
+   after qk_norm and rotary embedding at their positions), then each new token is
    one position of work: its keys/values are written at its position and its query
    attends to the cached ones. Exact: in nanoGPT the tokens never move while the context
    fits, so their keys and values never change.
 2. Context > block_size: nanoGPT feeds the last block_size tokens at positions
    0..block_size-1, so with learned absolute position embeddings every token moves one
    position per step and every cached key/value of every layer changes (a token's hidden
-   state at layer l depends on the whole window before it, at its new positions).
+   state at layer l depends on the whole window before it, at its new positions). Rotary
+   embeddings do not save this: attention scores depend only on distances, but the
+   window loses its first token, which every later hidden state attended to.
    Nothing cached is reusable exactly, so each step re-prefills the shifted window:
    positions 0..T-2 write the cache, then the newest token is decoded at position T-1.
    The prefill's hidden states are unused, so XLA drops the last layer's attention
@@ -48,7 +51,7 @@ PREFILL = 32  # prompt positions per prefill step
 class DecodeState(NamedTuple):
     buf: jax.Array  # (B, T) the window: the last <= block_size tokens of the context
     n: jax.Array  # () int32, tokens in buf (a full window once n == block_size)
-    cache: dict  # model.py's `cache` collection: keys/values (B, T, nh, hs) per layer
+    cache: dict  # model.py's `cache` collection: keys/values (B, T, nkv, hs) per layer
     tok: jax.Array  # (B,) the newest sampled token, not yet in buf
 
 

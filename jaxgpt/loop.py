@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxgpt import checkpoint, data, sharding, train
-from jaxgpt.config import ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
+from jaxgpt.config import ARCH_KEYS, ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
 from jaxgpt.model import abstract_params, num_params, unbox
 from jaxgpt.watch import faults, metrics
 
@@ -71,7 +71,7 @@ def _check_vocabulary(ckpt_tokenizer: dict, meta: dict, dataset: str) -> None:
         )
 
 
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+SHAPE_KEYS = ARCH_KEYS + ("vocab_size",)
 
 
 def _resume_model(cfg: TrainConfig, ckpt_meta: dict, vocab: int) -> GPTConfig:

@@ -331,7 +331,7 @@ def abstract_params(config: GPTConfig) -> dict:
 def num_params(params: dict, config: GPTConfig, non_embedding: bool = True) -> int:
     """Parameter count as nanoGPT reports it: position embeddings excluded by default.
 
-    The lm head shares wte, so it is counted once.
+    A tied lm head shares wte, so it is counted once; an untied one is counted.
     """
     n = sum(p.size for p in jax.tree.leaves(params))
     if non_embedding and config.pos_encoding == "learned":

@@ -50,6 +50,11 @@ PARITY = dict(
     decay_lr=False,
     seed=7,
 )
+# the options after nanoGPT on the same meshes (4 key/value heads for 8 query heads)
+MODERN = dict(
+    pos_encoding="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=4, qk_norm=True,
+    tie_embeddings=False, logit_softcap=30.0,
+)  # fmt: skip
 MESHES = {
     "data": dict(mesh_data=8),
     "fsdp": dict(mesh_data=1, mesh_fsdp=8),
@@ -141,6 +146,7 @@ def parity(out: str) -> None:
             "param_fractions": _shard_fractions(state.params),
             "adam_fractions": _shard_fractions(state.opt_state),
         }
+    result["modern"] = _modern_parity(cfg, batches)
     # gradient accumulation under FSDP: 4 x 8 rows on 8 devices vs 32 rows on one device
     # (without dropout, whose masks depend on the micro-step)
     big = rng.integers(0, 32, (1, 32, cfg.block_size + 1))
@@ -168,6 +174,29 @@ def parity(out: str) -> None:
         "rest": _cli_error(["train", *data, "--mesh_tensor=3"]),
     }
     Path(out).write_text(json.dumps(result))
+
+
+def _modern_parity(cfg: TrainConfig, batches) -> dict:
+    """parity's mesh checks with the MODERN options: {mesh: diffs against one device}."""
+    cfg = dataclasses.replace(cfg, **MODERN)
+    model_cfg = cfg.model_config(vocab_size=32)
+    one_device = jax.devices()[:1]
+    one = sharding.make_mesh(dataclasses.replace(cfg, mesh_data=1), one_device)
+    tx = train.make_optimizer(cfg)
+    host_state = jax.device_get(train.create_state(model_cfg, tx, one, jax.random.key(0)))
+    single = dataclasses.replace(cfg, mesh_data=1)
+    _, ref, ref_losses = _steps(single, model_cfg, host_state, batches, one_device)
+    out = {"ref_losses": ref_losses}
+    for name, mesh_kw in MESHES.items():
+        mesh_cfg = dataclasses.replace(cfg, **mesh_kw)
+        state, host, losses = _steps(mesh_cfg, model_cfg, host_state, batches, jax.devices())
+        out[name] = {
+            "losses": losses,
+            "params_diff": _max_diff(host.params, ref.params),
+            "adam_rel_diff": _rel_diff(host.opt_state, ref.opt_state),
+            "param_fractions": _shard_fractions(state.params),
+        }
+    return out
 
 
 def _fingerprint(state) -> str:

@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import COMBOS, OPTIONS
+from conftest import COMBOS, OPTIONS, tiny_run
 
-from jaxgpt import kv_cache, ops, sample
-from jaxgpt.config import ConfigError, GPTConfig
+from jaxgpt import cli, kv_cache, loop, ops, sample
+from jaxgpt.config import ConfigError, GPTConfig, to_dict
 from jaxgpt.generation import compile_timer
+from jaxgpt.interop import convert
+from jaxgpt.interop.bundle import ConvertError
 from jaxgpt.model import GPT, abstract_params, init_params, stack_layers, unbox
 from jaxgpt.sample import SamplingParams
 
@@ -248,3 +250,52 @@ def test_kv_cache_compiles_once_per_batch_size(kv_model):
         for prompt_len, n in [(7, 70), (50, 3), (39, 40)]:
             run(prompt_len, n)
     assert seconds[0] == 0.0
+
+
+# training runs with the options: checkpoints, exact resume, conversion
+RUN_OPTIONS = {**COMBOS["speedrun"], "n_kv_head": 1, "zero_init_proj": False}
+
+
+@pytest.fixture(scope="module")
+def option_runs(data_dir, tmp_path_factory):
+    """A 20-step run with the speedrun options and grouped-query attention, and the same
+    run stopped at its step-10 checkpoint and resumed to 20."""
+    root = tmp_path_factory.mktemp("options")
+    full = loop.setup(tiny_run(data_dir, str(root / "full"), **RUN_OPTIONS))
+    full_losses = loop.train_loop(full)
+    loop.run_training(tiny_run(data_dir, str(root / "split"), max_iters=10, **RUN_OPTIONS))
+    resumed = loop.setup(tiny_run(data_dir, str(root / "split"), init_from="resume", **RUN_OPTIONS))
+    return root, full, full_losses, resumed, loop.train_loop(resumed)
+
+
+def test_runs_with_options_resume_bit_identical(option_runs):
+    _, full, full_losses, resumed, resumed_losses = option_runs
+    assert resumed_losses == full_losses
+    assert full.model_cfg.pos_encoding == "rope" and full.model_cfg.kv_heads == 1
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_other_options_is_refused(option_runs, data_dir, capsys):
+    root = option_runs[0]
+    plain = tiny_run(data_dir, str(root / "full"), bias=False)  # without the options
+    args = [f"--{k}={v}" for k, v in to_dict(plain).items()]
+    assert cli.main(["train", *args, "--init_from=resume", "--max_iters=30"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        "checkpoint was trained with pos_encoding=rope but this run asks for pos_encoding=learned"
+        in err
+    )
+
+
+def test_converting_a_run_with_options(option_runs, tmp_path):
+    root, full = option_runs[0], option_runs[1]
+    bundle, _ = convert.convert("jaxgpt", str(root / "full"), "jaxgpt", str(tmp_path / "copy"))
+    assert bundle.config == full.model_cfg
+    back = convert.load_checkpoint(str(tmp_path / "copy"))
+    for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(bundle.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConvertError, match="nanoGPT's model has no pos_encoding=rope"):
+        convert.convert("jaxgpt", str(root / "full"), "nanogpt", str(tmp_path / "nano"))
+    assert not (tmp_path / "nano").exists()

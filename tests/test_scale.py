@@ -261,6 +261,23 @@ def test_sharded_step_equals_single_device_step(parity, strategy):
     assert got["adam_rel_diff"] < 1e-4, got["adam_rel_diff"]
 
 
+@pytest.mark.parametrize("strategy", ["data", "fsdp", "tensor"])
+def test_sharded_step_with_modern_blocks_equals_single_device_step(parity, strategy):
+    """The same with rope, rmsnorm, swiglu, grouped-query attention, qk_norm, an untied
+    head and soft-capping: their parameters carry logical axes like the rest."""
+    modern = parity["modern"]
+    got = modern[strategy]
+    np.testing.assert_allclose(got["losses"], modern["ref_losses"], atol=1e-5)
+    assert got["params_diff"] < 1e-5 and got["adam_rel_diff"] < 1e-4, got
+    fractions = {k: v for k, v in got["param_fractions"].items() if "bias" not in k}
+    if strategy == "fsdp":  # every weight matrix and embedding split along the embedding
+        assert set(fractions.values()) == {1 / 8}, fractions
+    if strategy == "tensor":  # the untied head along the vocabulary, MLP units, o heads
+        assert fractions["['lm_head']['kernel']"] == 1 / 8
+        assert fractions["['h_0']['mlp']['c_fc']['kernel']"] == 1 / 8
+        assert fractions["['h_0']['attn']['c_proj']['kernel']"] == 1 / 8
+
+
 def test_gradient_accumulation_under_fsdp_equals_big_batch(parity):
     """4 micro-batches of 8 rows on 8 FSDP devices = one step on the 32 rows, one device."""
     got = parity["accum"]

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxgpt import checkpoint, train
-from jaxgpt.config import TrainConfig, from_dict, to_dict
+from jaxgpt.config import ARCH_KEYS, TrainConfig, from_dict, to_dict
 from jaxgpt.interop.bundle import FORMATS, Bundle, ConvertError, Moments
 from jaxgpt.model import abstract_params, stack_layers, unbox, unstack_layers
 
@@ -128,8 +128,7 @@ def _run_for(bundle: Bundle, out_dir: str) -> TrainConfig:
     if bundle.run:
         run = from_dict(TrainConfig, bundle.run)
     else:
-        shape = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")
-        run = TrainConfig(**{k: getattr(bundle.config, k) for k in shape})
+        run = TrainConfig(**{k: getattr(bundle.config, k) for k in (*ARCH_KEYS, "dropout")})
     return dataclasses.replace(run, out_dir=str(out_dir), init_from="resume")
 
 
