@@ -160,12 +160,14 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def hf_model(transformers):
-    """A randomly initialised HF GPT2LMHeadModel, exact GELU, biases perturbed."""
+@pytest.fixture(scope="module", params=["gelu", "gelu_new"])
+def hf_model(transformers, request):
+    """A randomly initialised HF GPT2LMHeadModel, exact GELU or GPT-2's own tanh GELU
+    (gelu_new), biases perturbed."""
     config = transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=V, activation_function="gelu"
-    )
+        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=V,
+        activation_function=request.param,
+    )  # fmt: skip
     torch.manual_seed(1)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
@@ -181,9 +183,21 @@ def hf_logits(model, idx) -> np.ndarray:
 
 def test_logits_match_transformers_gpt2(hf_model):
     bundle = hf.from_model(hf_model)
+    activation = hf_model.config.activation_function
+    assert bundle.config.mlp == {"gelu": "gelu", "gelu_new": "gelu_tanh"}[activation]
     logits = np.asarray(logits_and_grads(bundle.params, X, Y, bundle.config)[0])
     err = np.abs(logits - hf_logits(hf_model, X)).max()
-    print(f"\nlogits vs transformers GPT2LMHeadModel: max abs {err:.2e}")
+    print(f"\nlogits vs transformers GPT2LMHeadModel ({activation}): max abs {err:.2e}")
+    assert err < 1e-5
+
+
+def test_export_writes_the_activation_it_computes(hf_model, transformers, tmp_path):
+    bundle = hf.from_model(hf_model)
+    hf.save_dir(bundle, tmp_path / "hf")
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert model.config.activation_function == hf_model.config.activation_function
+    err = np.abs(hf_logits(model, X) - hf_logits(hf_model, X)).max()
+    print(f"\nGPT-2 ({model.config.activation_function}) -> jaxgpt -> HF: max abs {err:.2e}")
     assert err < 1e-5
 
 

@@ -295,21 +295,33 @@ def config_from_model_args(args: dict) -> GPTConfig:
         raise ConvertError(f"model_args do not describe a GPT: {e}") from None
 
 
-GELUS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# transformers' GPT-2 activations: the exact GELU, and three forms of the tanh approximation
+GELUS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+}
+
+
+def gpt2_options(config: GPTConfig) -> list[str]:
+    """The options `config` sets that GPT2LMHeadModel cannot hold (`key=value`): nanoGPT's
+    except the tanh GELU, the norm epsilon and the MLP width, which GPT-2's config has."""
+    keys = ("mlp=gelu_tanh", "norm_eps=", "mlp_hidden=")
+    return [o for o in nanogpt_options(config) if not o.startswith(keys)]
 
 
 def config_from_hf(hf: dict) -> GPTConfig:
-    """GPTConfig from a GPT-2 `config.json`; other architectures are refused.
+    """GPTConfig from a GPT-2 `config.json`; what jaxgpt cannot compute is refused.
 
-    GPT-2 was trained with the tanh approximation of GELU (gelu_new); jaxgpt, like
-    nanoGPT, computes the exact GELU for every GELU variant.
+    activation_function picks the MLP: gelu is the exact GELU (nanoGPT's), gelu_new (the
+    default, what GPT-2 was trained with), gelu_pytorch_tanh and gelu_fast the tanh one.
     """
     if hf.get("model_type") != "gpt2":
         raise ConvertError(f"config.json has model_type={hf.get('model_type')!r}, not gpt2")
+    activation = hf.get("activation_function", "gelu_new")
     checks = {
-        "n_inner": hf.get("n_inner") in (None, 4 * hf.get("n_embd", 0)),
-        "activation_function": hf.get("activation_function", "gelu_new") in GELUS,
-        "layer_norm_epsilon": abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) < 1e-12,
+        "activation_function": activation in GELUS,
         "scale_attn_weights": hf.get("scale_attn_weights", True),
         "scale_attn_by_inverse_layer_idx": not hf.get("scale_attn_by_inverse_layer_idx", False),
         "tie_word_embeddings": hf.get("tie_word_embeddings", True),
@@ -318,6 +330,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
         if not ok:
             raise ConvertError(f"config.json: {key}={hf.get(key)!r} is not supported by jaxgpt")
     try:
+        n_inner = hf.get("n_inner") or 0
         return GPTConfig(
             block_size=hf["n_positions"],
             vocab_size=hf["vocab_size"],
@@ -325,16 +338,19 @@ def config_from_hf(hf: dict) -> GPTConfig:
             n_head=hf["n_head"],
             n_embd=hf["n_embd"],
             bias=True,
+            mlp=GELUS[activation],
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            mlp_hidden=0 if n_inner == 4 * hf["n_embd"] else n_inner,
         )
     except KeyError as e:
         raise ConvertError(f"config.json lacks {e.args[0]}") from None
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise ConvertError(f"config.json: {e}") from None
 
 
 def hf_config(config: GPTConfig) -> dict:
-    """A GPT-2 `config.json` for a jaxgpt model. activation "gelu" is the exact GELU, so
-    transformers computes the same logits as jaxgpt."""
+    """A GPT-2 `config.json` for a jaxgpt model without gpt2_options: the activation it
+    computes (gelu: exact, gelu_new: tanh), so transformers computes jaxgpt's logits."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -343,12 +359,12 @@ def hf_config(config: GPTConfig) -> dict:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,
-        "activation_function": "gelu",
+        "n_inner": config.mlp_hidden or None,
+        "activation_function": "gelu_new" if config.mlp == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5,
+        "layer_norm_epsilon": config.norm_eps,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,

@@ -1,7 +1,9 @@
-"""Tokenizers: a character vocabulary (shakespeare_char) and GPT-2's BPE.
+"""Tokenizers: a character vocabulary (shakespeare_char), GPT-2's BPE, and the tokenizer a
+Hugging Face model directory carries (its tokenizer.json, through HF `tokenizers`).
 
 A tokenizer is described by a JSON-able dict (stored as a dataset's meta.json and in
-every checkpoint), so a checkpoint samples text with no dataset on disk.
+every checkpoint), so a checkpoint samples text with no dataset on disk. A model that
+came without a tokenizer gets kind "ids": its prompts and samples are token ids.
 """
 
 import os
@@ -105,6 +107,59 @@ def _local_gpt2_encoding(tiktoken, folder: Path):
     )
 
 
+class HFTokenizer:
+    """A Hugging Face fast tokenizer, carried whole: meta {"kind": "hf", "vocab_size": N,
+    "json": <tokenizer.json's text>, "config": <tokenizer_config.json> or None}.
+
+    encode adds what the tokenizer's post-processor adds (Llama's BOS), as transformers
+    does for a prompt; decode leaves special tokens out of the text.
+    """
+
+    def __init__(self, json_text: str):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise TokenizerError(
+                "this tokenizer needs HF tokenizers: pip install 'jaxgpt[gpt2]'"
+            ) from None
+        try:
+            self.tok = Tokenizer.from_str(json_text)
+        except Exception as e:  # tokenizers raises its own Exception for bad JSON
+            raise TokenizerError(f"not a tokenizer.json: {str(e)[:120]}") from None
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+
+    @staticmethod
+    def meta_of(json_text: str, config: dict | None = None) -> dict:
+        vocab_size = HFTokenizer(json_text).vocab_size
+        return {"kind": "hf", "vocab_size": vocab_size, "json": json_text, "config": config}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+class IdsTokenizer:
+    """No tokenizer (a model converted from a directory without one): a prompt is token
+    ids separated by spaces or commas, and a sample prints as ids."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        words = text.replace(",", " ").split()
+        if not words or not all(w.isdigit() and int(w) < self.vocab_size for w in words):
+            raise TokenizerError(
+                "this model carries no tokenizer: give the prompt as token ids below "
+                f"{self.vocab_size}, e.g. --start='1 15 27'"
+            )
+        return [int(w) for w in words]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
 def from_meta(meta: dict):
     """The tokenizer a dataset's meta.json or a checkpoint describes."""
     kind = meta.get("kind")
@@ -112,4 +167,8 @@ def from_meta(meta: dict):
         return CharTokenizer(meta["chars"])
     if kind == "bpe":
         return BPETokenizer()
+    if kind == "hf":
+        return HFTokenizer(meta["json"])
+    if kind == "ids":
+        return IdsTokenizer(meta["vocab_size"])
     raise TokenizerError(f"unknown tokenizer kind {kind!r} in meta")
