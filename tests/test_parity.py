@@ -162,11 +162,12 @@ def transformers():
 
 @pytest.fixture(scope="module", params=["gelu", "gelu_new"])
 def hf_model(transformers, request):
-    """A randomly initialised HF GPT2LMHeadModel, exact GELU or GPT-2's own tanh GELU
-    (gelu_new), biases perturbed."""
+    """A randomly initialised HF GPT2LMHeadModel, biases perturbed: exact GELU, or GPT-2's
+    own tanh GELU (gelu_new) with a 3x MLP and eps 1e-6."""
+    other = dict(n_inner=96, layer_norm_epsilon=1e-6) if request.param == "gelu_new" else {}
     config = transformers.GPT2Config(
         n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=V,
-        activation_function=request.param,
+        activation_function=request.param, **other,
     )  # fmt: skip
     torch.manual_seed(1)
     model = transformers.GPT2LMHeadModel(config).eval()
@@ -195,7 +196,8 @@ def test_export_writes_the_activation_it_computes(hf_model, transformers, tmp_pa
     bundle = hf.from_model(hf_model)
     hf.save_dir(bundle, tmp_path / "hf")
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
-    assert model.config.activation_function == hf_model.config.activation_function
+    keys = ("activation_function", "n_inner", "layer_norm_epsilon")
+    assert [getattr(model.config, k) for k in keys] == [getattr(hf_model.config, k) for k in keys]
     err = np.abs(hf_logits(model, X) - hf_logits(hf_model, X)).max()
     print(f"\nGPT-2 ({model.config.activation_function}) -> jaxgpt -> HF: max abs {err:.2e}")
     assert err < 1e-5

@@ -2,6 +2,6 @@
 PyTorch reference model the parity tests and benchmarks hold jaxgpt against.
 
 bundle.py (what travels between formats), statedict.py (jaxgpt parameters <-> PyTorch
-state_dict names and layouts), nanogpt.py, hf.py, convert.py (`jaxgpt convert`),
-torch_ref.py (nanoGPT's model in PyTorch).
+state_dict names and layouts), llama.py (Llama's names and config.json), nanogpt.py,
+hf.py, convert.py (`jaxgpt convert`), torch_ref.py (nanoGPT's model in PyTorch).
 """

@@ -1,9 +1,9 @@
 """`jaxgpt convert`: read a model in one format, write it in another.
 
 Formats: `jaxgpt` (an out_dir of orbax checkpoints, see checkpoint.py), `hf` (a Hugging
-Face GPT-2 directory, see hf.py) and `nanogpt` (a ckpt.pt, see nanogpt.py). Every reader
-returns a Bundle (bundle.py): the parameters in jaxgpt's layout with the config and tokenizer,
-and the run's progress and AdamW state where the format has them. A jaxgpt checkpoint
+Face GPT-2 or Llama directory, see hf.py) and `nanogpt` (a ckpt.pt, see nanogpt.py). Every
+reader returns a Bundle (bundle.py): the parameters in jaxgpt's layout with the config and
+tokenizer, and the run's progress and AdamW state where the format has them. A jaxgpt checkpoint
 written here is one `jaxgpt sample --out_dir` and `jaxgpt train --init_from=resume` take.
 """
 

@@ -18,6 +18,7 @@ no wpe with rotary embeddings. nanoGPT's own model.py has none of them: `nanogpt
 names what a ckpt.pt cannot hold.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -305,10 +306,10 @@ GELUS = {
 
 
 def gpt2_options(config: GPTConfig) -> list[str]:
-    """The options `config` sets that GPT2LMHeadModel cannot hold (`key=value`): nanoGPT's
-    except the tanh GELU, the norm epsilon and the MLP width, which GPT-2's config has."""
-    keys = ("mlp=gelu_tanh", "norm_eps=", "mlp_hidden=")
-    return [o for o in nanogpt_options(config) if not o.startswith(keys)]
+    """The options `config` sets that GPT2LMHeadModel cannot hold (`key=value`): nanoGPT's,
+    less what GPT-2's config.json has (the tanh GELU, the norm epsilon, the MLP width)."""
+    mlp = "gelu" if config.mlp == "gelu_tanh" else config.mlp
+    return nanogpt_options(dataclasses.replace(config, mlp=mlp, norm_eps=1e-5, mlp_hidden=0))
 
 
 def config_from_hf(hf: dict) -> GPTConfig:
