@@ -15,7 +15,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import synthetic_text
+from conftest import LLAMA as LLAMA_OPTIONS
+from conftest import TINY_MODEL, synthetic_text
 from test_cli import assert_user_error, run_cli
 
 torch = pytest.importorskip("torch")
@@ -30,7 +31,7 @@ from jaxgpt.generation import generate  # noqa: E402
 from jaxgpt.interop import convert as bridge  # noqa: E402
 from jaxgpt.interop import hf  # noqa: E402
 from jaxgpt.interop.bundle import Bundle  # noqa: E402
-from jaxgpt.model import GPT  # noqa: E402
+from jaxgpt.model import GPT, init_params  # noqa: E402
 from jaxgpt.prep.tokenizer import HFTokenizer  # noqa: E402
 
 V, POSITIONS = 300, 32
@@ -60,13 +61,14 @@ def train_tokenizer():
     return tok
 
 
-def randomised(model, scale: float = 0.0):
-    """The model in eval mode, its zero-initialised biases perturbed when scale > 0."""
+def perturbed(model):
+    """The model in eval mode with its norm scales (ones at init) and biases (zeros) made
+    random, so that a norm or bias put in the wrong place changes the logits."""
     torch.manual_seed(3)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.add_(scale * torch.randn_like(p))
+            if name.endswith(".bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
 
@@ -74,7 +76,7 @@ def randomised(model, scale: float = 0.0):
 def llama(tmp_path_factory):
     """(the saved directory, the transformers model, its tokenizer)."""
     torch.manual_seed(0)
-    model = randomised(transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)))
+    model = perturbed(transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)))
     folder = tmp_path_factory.mktemp("llama")
     model.save_pretrained(folder, max_shard_size="100KB")  # sharded, with an index
     tok = train_tokenizer()
@@ -145,7 +147,7 @@ def test_tied_biased_bfloat16_llama_round_trip(tmp_path):
     config = transformers.LlamaConfig(
         **LLAMA | dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)
     )
-    model = randomised(transformers.LlamaForCausalLM(config), scale=0.1)
+    model = perturbed(transformers.LlamaForCausalLM(config))
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # as most Llamas are stored
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
     bundle = hf.load_dir(tmp_path / "bf16")
@@ -166,6 +168,23 @@ def test_tied_biased_bfloat16_llama_round_trip(tmp_path):
     )
     assert err < 1e-5 and back_err < 1e-5
     assert "lm_head.weight" not in hf.read_state_dict(tmp_path / "out")  # tied, as HF saves it
+
+
+def test_jaxgpt_model_with_llama_options_exports_as_llama(tmp_path):
+    """A model trained in jaxgpt (conftest's Llama combination, random init) -> transformers."""
+    config = GPTConfig(**dataclasses.asdict(TINY_MODEL) | LLAMA_OPTIONS)
+    rng = np.random.default_rng(0)  # the norm scales made random (ones at init)
+    params = jax.tree.map(
+        lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape, np.float32),
+        init_params(config, jax.random.key(0)),
+    )
+    bundle = Bundle(params, config, {"kind": "char", "vocab_size": 3, "chars": list("abc")})
+    hf.save_dir(bundle, tmp_path / "out")
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    idx = X[:, : config.block_size] % config.vocab_size
+    err = np.abs(hf_logits(model, idx) - jax_logits(bundle, idx)).max()
+    print(f"\njaxgpt model with the Llama options -> LlamaForCausalLM: logits max abs {err:.2e}")
+    assert err < 1e-5 and hf.load_dir(tmp_path / "out").tokenizer == bundle.tokenizer
 
 
 def hf_greedy(model, prompt: np.ndarray, n: int) -> np.ndarray:
