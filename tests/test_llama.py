@@ -371,6 +371,21 @@ def test_missing_tensor(llama, tmp_path, capsys):
     assert_user_error(result, f"missing key {name}")
 
 
+TOKENIZER_ERRORS = {  # file -> its text: what the error names
+    "tokenizer.json": ("{not json", ("tokenizer.json", "not a tokenizer.json")),
+    "tokenizer_config.json": ("{not json", ("tokenizer_config.json", "is not JSON")),
+    "slow_files": (json.dumps({"tokenizer_class": "GPT2Tokenizer"}), ("AutoTokenizer",)),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_ERRORS))
+def test_broken_tokenizer_files(llama, tmp_path, capsys, case):
+    text, fragments = TOKENIZER_ERRORS[case]
+    folder = without_tokenizer(llama[0], tmp_path / "in")
+    (folder / ("tokenizer_config.json" if case == "slow_files" else case)).write_text(text)
+    assert_user_error(convert(capsys, "hf", folder, "jaxgpt", tmp_path / "out"), *fragments)
+
+
 TINY = dict(block_size=8, vocab_size=V, n_layer=1, n_head=2, n_embd=16, bias=False)
 EXPORT_ERRORS = {  # GPTConfig options: what the error names
     "relu2": (dict(pos_encoding="rope", mlp="relu2"), ("LlamaForCausalLM", "mlp=relu2")),

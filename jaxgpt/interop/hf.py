@@ -216,13 +216,18 @@ def _auto_tokenizer_json(path: Path) -> str:
         from transformers import AutoTokenizer
 
         backend = AutoTokenizer.from_pretrained(path, local_files_only=True).backend_tokenizer
-        return backend.to_str()
     except Exception as e:  # transformers raises many kinds for files it cannot use
         first = (str(e).strip().splitlines() or [""])[0][:120]
         raise ConvertError(
             f"{path}: its tokenizer files do not load in transformers' AutoTokenizer "
             f"({type(e).__name__}: {first}); save the tokenizer as tokenizer.json"
         ) from None
+    if backend.get_vocab_size(with_added_tokens=False) == 0:  # vocabulary files missing
+        raise ConvertError(
+            f"{path}: transformers' AutoTokenizer builds an empty vocabulary from its "
+            "tokenizer files; save the tokenizer as tokenizer.json"
+        )
+    return backend.to_str()
 
 
 def save_dir(bundle: Bundle, dst) -> Path:
