@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(cfg.seed)
     model = torch_ref.GPT(cfg.model_config(vocab))
     optimizer = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2)
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), torch_ref.muon_settings(cfg)
     )
     for it in range(cfg.max_iters + 1):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
         if it == cfg.max_iters:
             break
         for group in optimizer.param_groups:
-            group["lr"] = float(train.get_lr(it, cfg))
+            group["lr"] = float(train.get_lr(it, cfg)) * group.get("lr_scale", 1.0)
         t0 = time.perf_counter()
         _, loss = model(*get_batch(splits["train"], cfg.batch_size, cfg.block_size))
         loss.backward()

@@ -64,7 +64,7 @@ def torch_bench_train(
     model.load_state_dict(state)
     model.to(device).train()
     optimizer = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2)
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), torch_ref.muon_settings(cfg)
     )
     if cuda:
         for group in optimizer.param_groups:
@@ -78,7 +78,7 @@ def torch_bench_train(
 
     def step(it: int) -> float:
         for group in optimizer.param_groups:
-            group["lr"] = float(train.get_lr(it, cfg))
+            group["lr"] = float(train.get_lr(it, cfg)) * group.get("lr_scale", 1.0)
         windows = torch.from_numpy(next_batch(it)).long()
         x = windows[..., :-1].contiguous().to(device, non_blocking=True)  # (accum, B, T)
         y = windows[..., 1:].contiguous().to(device, non_blocking=True)
