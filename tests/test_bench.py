@@ -62,3 +62,15 @@ def test_jax_and_torch_train_the_same_function(tmp_path):
     assert table.count("\n") == 3 and "torch 2." in table
     compare.plot_losses(summary, str(tmp_path / "cmp.png"))
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
+def test_bench_with_muon_trains_the_same_function_in_jax_and_torch():
+    """`jaxgpt bench --optimizer=muon --lr_schedule=wsd`: jaxgpt's Muon and torch_ref's
+    (the `--compare=torch` runs) give the same loss curve."""
+    pytest.importorskip("torch")
+    argv = [*TINY, "--optimizer=muon", "--lr_schedule=wsd", "--warmup_iters=2"]
+    argv += ["--lr_decay_iters=6", "--muon_weight_decay=0.1"]
+    summary = compare.compare(argv, ("jax", "torch"), rounds=1)
+    jax_losses = summary["jax"]["result"]["losses"]
+    torch_losses = summary["torch"]["result"]["losses"]
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)
