@@ -1,5 +1,8 @@
 """Train state, optimizer and the compiled train/eval steps (nanoGPT's train.py math).
 
+The optimizer is nanoGPT's AdamW, or with optimizer=muon Muon on the blocks' kernels and
+that AdamW on the rest (muon.py); the schedule is nanoGPT's, or warmup-stable-decay.
+
 The state is a plain pytree (step, params, opt_state). `train_step` is a pure function
 of (state, batch): gradient accumulation over micro-batches runs inside it with
 lax.scan, and dropout keys are derived from (seed, step, micro-step), so the update at

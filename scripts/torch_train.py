@@ -3,8 +3,9 @@
     python scripts/torch_train.py experiments/shakespeare_char_cpu.py [--key=value ...]
 
 Same config keys and data folder as `jaxgpt train` (data_dir/dataset/{train,val}.bin),
-nanoGPT's loop: random windows per batch (torch RNG), warmup + cosine lr, AdamW with
-nanoGPT's groups, clipping, `estimate_loss` over eval_iters batches of each split every
+nanoGPT's loop: random windows per batch (torch RNG), the lr schedule (lr_schedule), AdamW
+with nanoGPT's groups (optimizer=muon: torch_ref's Muon and AdamW groups), clipping,
+`estimate_loss` over eval_iters batches of each split every
 eval_interval. No checkpoints (nanoGPT skips them on CPU runs that do not improve either
 way; jaxgpt's are asynchronous). Prints nanoGPT's lines and, at the end, the wall time.
 """

@@ -1,8 +1,9 @@
 """JAX vs PyTorch on the same machine: the same model, init, batches and optimizer.
 
-`torch_bench_train` times the project's PyTorch reference (interop/torch_ref.py, nanoGPT's model,
-AdamW groups, schedule and clipping; autocast, fused AdamW and TF32 on CUDA as nanoGPT's
-train.py) starting from jaxgpt's initial weights on jaxgpt's batches, and returns the
+`torch_bench_train` times the project's PyTorch reference (interop/torch_ref.py,
+nanoGPT's model, AdamW groups, schedule and clipping, or jaxgpt's Muon with
+optimizer=muon; autocast, fused AdamW and TF32 on CUDA as nanoGPT's train.py) starting
+from jaxgpt's initial weights on jaxgpt's batches, and returns the
 same figures as bench.bench_train. `compare` runs jaxgpt, PyTorch eager and
 torch.compile alternately, each run in its own process (A B C A B C ...), and reports
 medians and the ratio of each pair of runs.
