@@ -235,16 +235,10 @@ class _RowBlocks:
 
 
 def _torch_muon(cfg: TrainConfig):
-    return lambda params, blocks: _RowBlocks(
-        params,
-        blocks,
-        lr=cfg.muon_lr,
-        weight_decay=cfg.muon_weight_decay,
-        momentum=cfg.muon_momentum,
-        nesterov=cfg.muon_nesterov,
-        ns_steps=cfg.muon_ns_steps,
-        adjust_lr_fn=cfg.muon_lr_scale,
-    )
+    """torch.optim.Muon configured as cfg (its keywords are torch_ref.Muon's)."""
+    from jaxgpt.interop import torch_ref
+
+    return lambda params, blocks: _RowBlocks(params, blocks, **torch_ref.muon_settings(cfg))
 
 
 CASES = [(layout, False) for layout in LAYOUTS] + [
