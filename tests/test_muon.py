@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optax.contrib import MuonDimensionNumbers
 
 from jaxgpt import muon, train
 from jaxgpt.config import ConfigError, TrainConfig
+from jaxgpt.model import stack_layers
 
-D = muon.MuonDimensionNumbers
+D = MuonDimensionNumbers
 C, NH, HS, V, L = 32, 4, 8, 50, 2
 
 
@@ -64,7 +66,7 @@ EXPECTED_DIMS = {
 def test_muon_takes_the_block_kernels_and_adamw_the_rest(stacked):
     params = coming_params()
     if stacked:
-        params = muon.stack_layers(params)
+        params = stack_layers(params)
     labels = muon.labels(params)
     for path, label in jax.tree_util.tree_leaves_with_path(labels):
         name = jax.tree_util.keystr(path)

@@ -268,8 +268,8 @@ def configure_muon(model: GPT, weight_decay, learning_rate, betas, muon: dict) -
     of the run's schedule (learning_rate's) that gives its lr."""
     blocks = model.transformer.h
     kernels = [m.weight for m in blocks.modules() if isinstance(m, nn.Linear)]
-    qkv = {id(b.attn.c_attn.weight) for b in blocks}
-    rest = [p for p in model.parameters() if id(p) not in {id(k) for k in kernels}]
+    qkv, muon_ids = {id(b.attn.c_attn.weight) for b in blocks}, {id(k) for k in kernels}
+    rest = [p for p in model.parameters() if id(p) not in muon_ids]
     adamw = torch.optim.AdamW(
         [
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
