@@ -65,12 +65,25 @@ def test_jax_and_torch_train_the_same_function(tmp_path):
 
 
 def test_bench_with_muon_trains_the_same_function_in_jax_and_torch():
-    """`jaxgpt bench --optimizer=muon --lr_schedule=wsd`: jaxgpt's Muon and torch_ref's
-    (the `--compare=torch` runs) give the same loss curve."""
+    """`jaxgpt bench --optimizer=muon --lr_schedule=wsd` (bench_train) and its PyTorch side
+    (`--compare=torch`: torch_bench_train, torch_ref's Muon) give the same loss curve."""
     pytest.importorskip("torch")
-    argv = [*TINY, "--optimizer=muon", "--lr_schedule=wsd", "--warmup_iters=2"]
-    argv += ["--lr_decay_iters=6", "--muon_weight_decay=0.1"]
-    summary = compare.compare(argv, ("jax", "torch"), rounds=1)
-    jax_losses = summary["jax"]["result"]["losses"]
-    torch_losses = summary["torch"]["result"]["losses"]
+    from jaxgpt.perf.bench import bench_train
+
+    cfg = TrainConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=16,
+        batch_size=4,
+        dropout=0.0,
+        optimizer="muon",
+        lr_schedule="wsd",
+        warmup_iters=2,
+        lr_decay_iters=6,
+        muon_weight_decay=0.1,
+    )
+    kw = dict(iters=5, warmup=2, vocab_size=65, measure_peak=False)
+    jax_losses = bench_train(cfg, **kw)["losses"]
+    torch_losses = compare.torch_bench_train(cfg, **kw)["losses"]
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)
