@@ -29,7 +29,7 @@ Where torch.optim.Muon (torch 2.13) defines it differently:
   consistent_rms=None and 0.2 (torch reads the (out, in) shape of nn.Linear's weight;
   fan_in/fan_out here come from the dimension numbers below, so they agree).
 - Weight decay: both decoupled and multiplied by the unscaled lr, W *= 1 - lr_t wd
-  (torch's default wd is 0.1; optax's, modded-nanogpt's and jaxgpt's muon_weight_decay 0).
+  (torch's default wd is 0.1; optax's and jaxgpt's muon_weight_decay 0).
 
 The AdamW group (embeddings, the head, norms, biases) is make_optimizer's AdamW with the
 adamw keys. Both groups follow the run's schedule, Muon's scaled by muon_lr / learning_rate.
