@@ -161,6 +161,16 @@ class TrainConfig:
     warmup_iters: int = 2000
     lr_decay_iters: int = 600000
     min_lr: float = 6e-5
+    lr_schedule: str = "cosine"  # cosine (nanoGPT's) | wsd: warmup, stable, linear decay to min_lr
+    cooldown_frac: float = 0.4  # wsd: the decay spans the last cooldown_frac of lr_decay_iters
+    # optimizer (muon: Muon on the blocks' weight matrices, AdamW above on the rest)
+    optimizer: str = "adamw"  # adamw | muon
+    muon_lr: float = 0.02  # Muon's base lr, scheduled as learning_rate is (x muon_lr / lr)
+    muon_momentum: float = 0.95  # Muon's momentum (an average of the gradients)
+    muon_nesterov: bool = True  # Nesterov momentum (optax's, bias-corrected; see muon.py)
+    muon_weight_decay: float = 0.0  # decoupled, times the scheduled muon lr (torch's Muon)
+    muon_ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalisation
+    muon_lr_scale: str = "original"  # original | match_rms_adamw: torch's adjust_lr_fn
     # system
     seed: int = 1337
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
@@ -185,6 +195,30 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.max_iters < 0:
             raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
+        choices = {
+            "lr_schedule": ("cosine", "wsd"),
+            "optimizer": ("adamw", "muon"),
+            "muon_lr_scale": ("original", "match_rms_adamw"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}"
+                )
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            raise ConfigError(f"cooldown_frac={self.cooldown_frac} must be in [0, 1]")
+        for key in ("muon_lr", "muon_weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_momentum={self.muon_momentum} must be in [0, 1)")
+        if self.muon_ns_steps < 1:
+            raise ConfigError(f"muon_ns_steps={self.muon_ns_steps} must be >= 1")
+        if self.optimizer == "muon" and self.learning_rate <= 0:
+            raise ConfigError(
+                f"learning_rate={self.learning_rate} must be > 0 with optimizer=muon "
+                "(Muon's lr is scheduled as learning_rate's, times muon_lr / learning_rate)"
+            )
         for key in ("eval_interval", "log_interval", "max_iters"):
             if getattr(self, key) % self.steps_per_call:
                 raise ConfigError(

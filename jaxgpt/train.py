@@ -1,5 +1,8 @@
 """Train state, optimizer and the compiled train/eval steps (nanoGPT's train.py math).
 
+The optimizer is nanoGPT's AdamW, or with optimizer=muon Muon on the blocks' kernels and
+that AdamW on the rest (muon.py); the schedule is nanoGPT's, or warmup-stable-decay.
+
 The state is a plain pytree (step, params, opt_state). `train_step` is a pure function
 of (state, batch): gradient accumulation over micro-batches runs inside it with
 lax.scan, and dropout keys are derived from (seed, step, micro-step), so the update at
@@ -16,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgpt import sharding
+from jaxgpt import muon, sharding
 from jaxgpt.config import GPTConfig, TrainConfig
 from jaxgpt.model import GPT, abstract_params, cross_entropy, init_params, unbox
 
@@ -29,18 +32,27 @@ class TrainState:
 
 
 def get_lr(it, cfg: TrainConfig):
-    """nanoGPT's schedule: linear warmup, cosine decay to min_lr, then min_lr.
+    """The learning rate of step `it`: AdamW's, and Muon's times muon_lr / learning_rate.
 
-    Works on Python numbers and on traced step counters.
+    lr_schedule=cosine is nanoGPT's: linear warmup, cosine decay to min_lr at
+    lr_decay_iters, then min_lr. wsd (warmup-stable-decay, modded-nanogpt's): the same
+    warmup, learning_rate until the last cooldown_frac of lr_decay_iters, a linear decay
+    to min_lr at lr_decay_iters, then min_lr. Works on Python numbers and on traced step
+    counters.
     """
     if not cfg.decay_lr:
         return cfg.learning_rate + 0.0 * it
     warmup = cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    span = max(cfg.lr_decay_iters - cfg.warmup_iters, 1)
-    decay_ratio = jnp.clip((it - cfg.warmup_iters) / span, 0.0, 1.0)
-    coeff = 0.5 * (1.0 + jnp.cos(math.pi * decay_ratio))
-    cosine = cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-    lr = jnp.where(it < cfg.warmup_iters, warmup, cosine)
+    if cfg.lr_schedule == "wsd":
+        start = cfg.lr_decay_iters * (1.0 - cfg.cooldown_frac)
+        ratio = jnp.clip((it - start) / max(cfg.lr_decay_iters - start, 1), 0.0, 1.0)
+        decayed = cfg.learning_rate - ratio * (cfg.learning_rate - cfg.min_lr)
+    else:
+        span = max(cfg.lr_decay_iters - cfg.warmup_iters, 1)
+        decay_ratio = jnp.clip((it - cfg.warmup_iters) / span, 0.0, 1.0)
+        coeff = 0.5 * (1.0 + jnp.cos(math.pi * decay_ratio))
+        decayed = cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+    lr = jnp.where(it < cfg.warmup_iters, warmup, decayed)
     return jnp.where(it > cfg.lr_decay_iters, cfg.min_lr, lr)
 
 
@@ -54,7 +66,9 @@ def decay_mask(params: dict) -> dict:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(
+    """nanoGPT's AdamW, or with optimizer=muon Muon on the blocks' kernels and this AdamW on
+    the rest (muon.py); clipping by the global norm of the whole gradient first."""
+    tx = optax.adamw(
         learning_rate=functools.partial(get_lr, cfg=cfg),
         b1=cfg.beta1,
         b2=cfg.beta2,
@@ -62,9 +76,19 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         weight_decay=cfg.weight_decay,
         mask=decay_mask,
     )
+    if cfg.optimizer == "muon":
+        muon_tx = muon.muon(
+            learning_rate=lambda it: get_lr(it, cfg) * (cfg.muon_lr / cfg.learning_rate),
+            momentum=cfg.muon_momentum,
+            nesterov=cfg.muon_nesterov,
+            weight_decay=cfg.muon_weight_decay,
+            ns_steps=cfg.muon_ns_steps,
+            lr_scale=cfg.muon_lr_scale,
+        )
+        tx = muon.muon_adamw(muon_tx, tx)
     if cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+    return tx
 
 
 def loss_fn(params, model: GPT, x, y, dropout_key, deterministic: bool):
@@ -136,12 +160,16 @@ def state_shardings(model_cfg: GPTConfig, tx, mesh) -> TrainState:
     boxed = abstract_params(model_cfg)
     param_sh = sharding.logical_sharding(boxed, mesh)
     abstract_opt = jax.eval_shape(tx.init, unbox(boxed))
+    # a multi_transform (optimizer=muon) keeps each group's state over the whole tree,
+    # the other group's leaves masked out: those stay masked
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_sh = optax.tree_map_params(
         tx,
-        lambda _, s: s,
+        lambda x, s: x if masked(x) else s,
         abstract_opt,
         param_sh,
         transform_non_params=lambda _: sharding.replicated(mesh),
+        is_leaf=masked,
     )
     return TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
 

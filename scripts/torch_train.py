@@ -3,8 +3,9 @@
     python scripts/torch_train.py experiments/shakespeare_char_cpu.py [--key=value ...]
 
 Same config keys and data folder as `jaxgpt train` (data_dir/dataset/{train,val}.bin),
-nanoGPT's loop: random windows per batch (torch RNG), warmup + cosine lr, AdamW with
-nanoGPT's groups, clipping, `estimate_loss` over eval_iters batches of each split every
+nanoGPT's loop: random windows per batch (torch RNG), the lr schedule (lr_schedule), AdamW
+with nanoGPT's groups (optimizer=muon: torch_ref's Muon and AdamW groups), clipping,
+`estimate_loss` over eval_iters batches of each split every
 eval_interval. No checkpoints (nanoGPT skips them on CPU runs that do not improve either
 way; jaxgpt's are asynchronous). Prints nanoGPT's lines and, at the end, the wall time.
 """
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(cfg.seed)
     model = torch_ref.GPT(cfg.model_config(vocab))
     optimizer = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2)
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), torch_ref.muon_settings(cfg)
     )
     for it in range(cfg.max_iters + 1):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> None:
         if it == cfg.max_iters:
             break
         for group in optimizer.param_groups:
-            group["lr"] = float(train.get_lr(it, cfg))
+            group["lr"] = float(train.get_lr(it, cfg)) * group.get("lr_scale", 1.0)
         t0 = time.perf_counter()
         _, loss = model(*get_batch(splits["train"], cfg.batch_size, cfg.block_size))
         loss.backward()

@@ -167,6 +167,7 @@ def parity(out: str) -> None:
         "params_diff": _max_diff(acc.params, one_big.params),
         "adam_rel_diff": _rel_diff(acc.opt_state, one_big.opt_state),
     }
+    result["muon"] = _muon_parity(cfg, model_cfg, batches, one_device)
     data = ["--data_dir=/nonexistent", "--dataset=none"]
     result["cli"] = {
         "batch": _cli_error(["train", *data, "--batch_size=12", "--mesh_fsdp=8", "--mesh_data=1"]),
@@ -197,6 +198,36 @@ def _modern_parity(cfg: TrainConfig, batches) -> dict:
             "param_fractions": _shard_fractions(state.params),
         }
     return out
+
+
+def _muon_parity(cfg: TrainConfig, model_cfg, batches, one_device) -> dict:
+    """optimizer=muon on a data 2 x fsdp 2 x tensor 2 mesh against one device: losses,
+    parameters, Muon's momentum, and the shard fractions of parameters and momenta."""
+    cfg = dataclasses.replace(cfg, optimizer="muon")
+    one = dataclasses.replace(cfg, mesh_data=1)
+    tx = train.make_optimizer(cfg)
+    mesh = sharding.make_mesh(one, one_device)
+    host_state = jax.device_get(train.create_state(model_cfg, tx, mesh, jax.random.key(0)))
+    _, ref, ref_losses = _steps(one, model_cfg, host_state, batches, one_device)
+    mixed = dataclasses.replace(cfg, mesh_data=2, mesh_fsdp=2, mesh_tensor=2)
+    state, host, losses = _steps(mixed, model_cfg, host_state, batches, jax.devices())
+
+    def momenta(opt_state) -> dict:  # {parameter path: Muon's mu}
+        leaves = jax.tree_util.tree_leaves_with_path(opt_state)
+        keys = [(jax.tree_util.keystr(p), x) for p, x in leaves]
+        return {k.split(".mu", 1)[1]: x for k, x in keys if "['muon']" in k and ".mu[" in k}
+
+    return {
+        "losses": losses,
+        "ref_losses": ref_losses,
+        "params_diff": _max_diff(host.params, ref.params),
+        "mu_rel_diff": _rel_diff(momenta(host.opt_state), momenta(ref.opt_state)),
+        "param_fractions": _shard_fractions(state.params),
+        "mu_fractions": {
+            k: x.addressable_shards[0].data.size / x.size
+            for k, x in momenta(state.opt_state).items()
+        },
+    }
 
 
 def _fingerprint(state) -> str:

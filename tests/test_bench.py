@@ -62,3 +62,28 @@ def test_jax_and_torch_train_the_same_function(tmp_path):
     assert table.count("\n") == 3 and "torch 2." in table
     compare.plot_losses(summary, str(tmp_path / "cmp.png"))
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
+def test_bench_with_muon_trains_the_same_function_in_jax_and_torch():
+    """`jaxgpt bench --optimizer=muon --lr_schedule=wsd` (bench_train) and its PyTorch side
+    (`--compare=torch`: torch_bench_train, torch_ref's Muon) give the same loss curve."""
+    pytest.importorskip("torch")
+    from jaxgpt.perf.bench import bench_train
+
+    cfg = TrainConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=16,
+        batch_size=4,
+        dropout=0.0,
+        optimizer="muon",
+        lr_schedule="wsd",
+        warmup_iters=2,
+        lr_decay_iters=6,
+        muon_weight_decay=0.1,
+    )
+    kw = dict(iters=5, warmup=2, vocab_size=65, measure_peak=False)
+    jax_losses = bench_train(cfg, **kw)["losses"]
+    torch_losses = compare.torch_bench_train(cfg, **kw)["losses"]
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)

@@ -3,7 +3,8 @@
 A nanoGPT run (torch_ref, 3 AdamW steps) is saved the way nanoGPT's train.py saves it,
 converted with `jaxgpt convert`, resumed by jaxgpt's own `init_from=resume` path, and
 continues with the losses PyTorch gets (optimizer state converted, not reset). Exports
-load back exactly, into jaxgpt and into PyTorch; bad inputs are one-line errors.
+load back exactly, into jaxgpt and into PyTorch; an optimizer=muon state travels only
+between jaxgpt checkpoints; bad inputs are one-line errors.
 """
 
 import copy
@@ -225,6 +226,42 @@ def test_converted_checkpoint_samples_the_text_nanogpt_would(nanogpt_ckpt, conve
         "--temperature=0",
     )
     assert code == 0 and out.split("\n---------------")[0] == expected
+
+
+@pytest.fixture(scope="module")
+def muon_run(data_dir, tmp_path_factory):
+    """A jaxgpt checkpoint of optimizer=muon after 4 steps."""
+    from conftest import tiny_run
+
+    out = tmp_path_factory.mktemp("muon") / "out"
+    cfg = tiny_run(data_dir, str(out), optimizer="muon", max_iters=4, eval_interval=4)
+    loop.run_training(cfg)
+    return out
+
+
+def test_muon_state_travels_to_jaxgpt_whole_and_not_to_nanogpt(muon_run, tmp_path, capsys):
+    """jaxgpt -> jaxgpt carries Muon's optimizer state bit for bit; a nanoGPT export (torch
+    AdamW state only) says in one note that it is not carried and writes none; HF works."""
+    start = bridge.load_checkpoint(str(muon_run))
+    assert start.moments is None and start.opt_state is not None
+    code, out, _ = convert(capsys, "jaxgpt", muon_run, "jaxgpt", tmp_path / "again")
+    assert code == 0 and "optimizer state yes" in out and "note:" not in out
+    again = bridge.load_checkpoint(str(tmp_path / "again"))
+    assert same_tree(again.opt_state, start.opt_state) and same_tree(again.params, start.params)
+    code, out, _ = convert(capsys, "jaxgpt", muon_run, "nanogpt", tmp_path / "nano")
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert code == 0 and "optimizer state no" in out, out
+    assert notes == ["note: Muon's optimizer state is not carried: ckpt.pt holds AdamW's only"]
+    ckpt = torch.load(tmp_path / "nano" / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert "optimizer" not in ckpt
+    assert convert(capsys, "jaxgpt", muon_run, "hf", tmp_path / "hf")[0] == 0
+    bridge.convert("hf", str(tmp_path / "hf"), "jaxgpt", str(tmp_path / "back"))
+    assert same_tree(bridge.load_checkpoint(str(tmp_path / "back")).params, start.params)
+    # another layout (scan_layers) than the state's: a note, and a fresh Muon state
+    scan = dataclasses.replace(start, config=dataclasses.replace(start.config, scan_layers=True))
+    bridge.save_checkpoint(scan, str(tmp_path / "scan"))
+    assert scan.notes[-1] == "the optimizer state does not fit this model's layout: not carried"
+    assert same_tree(bridge.load_checkpoint(str(tmp_path / "scan")).params, start.params)
 
 
 # --- one-line errors -------------------------------------------------------------------

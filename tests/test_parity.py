@@ -3,10 +3,12 @@
 float32 on CPU, vocab 50257, small widths. Same weights give the same logits (1e-5 max
 abs) and gradients (1e-4 relative, every parameter); 20 AdamW steps with clipping, the
 warmup/cosine schedule, weight decay and gradient accumulation give the same losses
-(1e-4); greedy generation gives the same tokens. Each test prints the figure reached
+(1e-4), and so do 20 Muon steps (torch_ref.Muon) with the cosine and wsd schedules; greedy
+generation gives the same tokens. Each test prints the figure reached
 (`pytest -s tests/test_parity.py`).
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -20,7 +22,7 @@ from torch_helpers import perturbed_ref, torch_steps  # noqa: E402
 
 from jaxgpt import train  # noqa: E402
 from jaxgpt.config import GPTConfig, TrainConfig  # noqa: E402
-from jaxgpt.interop import hf  # noqa: E402
+from jaxgpt.interop import hf, torch_ref  # noqa: E402
 from jaxgpt.interop.bundle import Bundle  # noqa: E402
 from jaxgpt.interop.statedict import from_nanogpt, to_nanogpt  # noqa: E402
 from jaxgpt.model import GPT, cross_entropy  # noqa: E402
@@ -117,30 +119,55 @@ def jax_steps(state, batches, config: GPTConfig, cfg: TrainConfig, tx):
     return state, losses, norms
 
 
-def test_twenty_adamw_steps_match_torch_reference():
-    config, cfg = gpt2_tiny(True), ADAMW_RUN
+def twenty_steps(config: GPTConfig, cfg: TrainConfig) -> dict:
+    """20 steps of cfg's optimizer and schedule from the same perturbed weights, in
+    torch_ref and in jaxgpt: both runs' losses, jaxgpt's gradient norms, the largest loss
+    difference and the largest difference of the final parameters."""
     ref = perturbed_ref(config).train()
     params = from_nanogpt(ref.state_dict(), config)
     batches = adamw_batches(20, cfg)
-    opt = ref.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
+    betas = (cfg.beta1, cfg.beta2)
+    muon = torch_ref.muon_settings(cfg)
+    opt = ref.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, muon)
     expected = torch_steps(ref, opt, batches, cfg)
     tx = train.make_optimizer(cfg)
     state, losses, norms = jax_steps(train.init_state(params, tx), batches, config, cfg, tx)
-    err = np.abs(np.array(losses) - np.array(expected)).max()
     final = to_nanogpt(state.params, config)
     param_err = max(
         float(np.abs(final[n] - p.detach().numpy()).max()) for n, p in ref.named_parameters()
     )
+    loss_err = float(np.abs(np.array(losses) - np.array(expected)).max())
+    return dict(expected=expected, norms=norms, loss_err=loss_err, param_err=param_err)
+
+
+def check_twenty_steps(name: str, config: GPTConfig, cfg: TrainConfig) -> None:
+    r = twenty_steps(config, cfg)
+    expected = r["expected"]
     print(
-        f"\n20 AdamW steps: losses {expected[0]:.4f} -> {expected[-1]:.4f}, max abs loss "
-        f"difference {err:.2e}, final params max abs difference {param_err:.2e}"
+        f"\n20 {name} steps: losses {expected[0]:.4f} -> {expected[-1]:.4f}, max abs loss "
+        f"difference {r['loss_err']:.2e}, final params max abs difference {r['param_err']:.2e}"
     )
     assert expected[-1] < expected[0] - 1.0  # it trains
-    assert any(n > cfg.grad_clip for n in norms)  # clipping was exercised
-    assert err < 1e-4
+    assert any(n > cfg.grad_clip for n in r["norms"])  # clipping was exercised
+    assert r["loss_err"] < 1e-4
     # Adam divides by sqrt(v): parameters with near-zero gradients (rows of wte for unseen
     # tokens) amplify float rounding, so parameters agree less tightly than losses
-    assert param_err < 2e-3
+    assert r["param_err"] < 2e-3
+
+
+def test_twenty_adamw_steps_match_torch_reference():
+    check_twenty_steps("AdamW", gpt2_tiny(True), ADAMW_RUN)
+
+
+# Muon on the blocks' kernels (torch_ref.Muon: jaxgpt's definition in float32), AdamW as
+# above on the rest; wsd: warmup 4, stable to step 8, linear decay to min_lr at step 16
+MUON_RUN = dataclasses.replace(ADAMW_RUN, optimizer="muon", muon_lr=0.05, muon_weight_decay=0.1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_twenty_muon_steps_match_torch_reference(schedule):
+    cfg = dataclasses.replace(MUON_RUN, lr_schedule=schedule, cooldown_frac=0.5)
+    check_twenty_steps(f"Muon ({schedule})", gpt2_tiny(True), cfg)
 
 
 def test_greedy_generation_matches_torch_reference():

@@ -298,6 +298,23 @@ def test_fsdp_holds_an_eighth_of_every_large_parameter_and_moment(parity):
     assert set(parity["data"]["param_fractions"].values()) == {1.0}
 
 
+def test_muon_state_is_sharded_like_the_parameters(parity):
+    """optimizer=muon on 8 devices (data 2 x fsdp 2 x tensor 2): Muon's momentum of every
+    block kernel is split as its kernel is (1/4: embedding and heads or MLP units), and the
+    steps equal the single-device steps."""
+    got = parity["muon"]
+    loss_diff = max(abs(a - b) for a, b in zip(got["losses"], got["ref_losses"]))
+    print(
+        f"\nmuon on 8 devices vs 1: losses within {loss_diff:.1e}, params "
+        f"{got['params_diff']:.1e}, momenta {got['mu_rel_diff']:.1e} relative"
+    )
+    kernels = {k: v for k, v in got["param_fractions"].items() if k.endswith("['kernel']")}
+    assert len(kernels) == 8 and set(kernels.values()) == {1 / 4}, kernels
+    assert got["mu_fractions"] == kernels
+    np.testing.assert_allclose(got["losses"], got["ref_losses"], atol=1e-5)
+    assert got["params_diff"] < 1e-5 and got["mu_rel_diff"] < 1e-4, got
+
+
 def test_mesh_errors_are_one_line(parity, capsys):
     cases = {
         "batch": "batch_size=12 is not divisible by the 8 data-parallel devices",

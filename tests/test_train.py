@@ -1,4 +1,5 @@
-"""Training: nanoGPT's LR schedule, weight-decay grouping, the loop, exact resume."""
+"""Training: nanoGPT's LR schedule and wsd, weight-decay grouping, the loop, exact resume
+(with AdamW and with Muon)."""
 
 import math
 
@@ -30,6 +31,36 @@ def test_lr_schedule_equals_nanogpt(it):
     assert float(train.get_lr(it, cfg)) == pytest.approx(nanogpt_lr(it, cfg), rel=1e-6)
     traced = jax.jit(lambda i: train.get_lr(i, cfg))(jnp.int32(it))
     assert float(traced) == pytest.approx(nanogpt_lr(it, cfg), rel=1e-5)
+
+
+# Muon (its state in scan_layers' stacked layout) on the wsd schedule
+MUON = dict(optimizer="muon", lr_schedule="wsd", scan_layers=True)
+WSD = TrainConfig(
+    learning_rate=1e-3,
+    warmup_iters=100,
+    lr_decay_iters=5000,
+    min_lr=1e-4,
+    lr_schedule="wsd",
+    cooldown_frac=0.2,
+)
+
+
+@pytest.mark.parametrize("it", [0, 50, 99, 100, 2000, 3999, 4000, 4500, 4999, 5000, 5001, 9999])
+def test_wsd_schedule_warms_up_holds_then_decays_linearly(it):
+    """nanoGPT's warmup, learning_rate up to step 4000 (the last 20% of 5000 decay), a
+    straight line to min_lr at 5000, then min_lr; the same traced."""
+    cfg = WSD
+    if it < cfg.warmup_iters:
+        want = nanogpt_lr(it, cfg)  # the cosine schedule's warmup
+    elif it <= 4000:
+        want = cfg.learning_rate
+    elif it <= 5000:
+        want = cfg.learning_rate + (it - 4000) / 1000 * (cfg.min_lr - cfg.learning_rate)
+    else:
+        want = cfg.min_lr
+    assert float(train.get_lr(it, cfg)) == pytest.approx(want, rel=1e-6)
+    traced = jax.jit(lambda i: train.get_lr(i, cfg))(jnp.int32(it))
+    assert float(traced) == pytest.approx(want, rel=1e-5)
 
 
 def test_constant_lr_when_decay_off():
@@ -91,10 +122,11 @@ def test_adamw_step_matches_hand_computed_update():
         np.testing.assert_allclose(next(iter(updates[name].values())), expected, rtol=1e-6)
 
 
-def test_gradient_accumulation_equals_big_batch(data_dir, tmp_path):
-    cfg_big = tiny_run(data_dir, str(tmp_path), batch_size=8, dropout=0.0)
+@pytest.mark.parametrize("opt", [{}, MUON], ids=["adamw", "muon_wsd_scan"])
+def test_gradient_accumulation_equals_big_batch(data_dir, tmp_path, opt):
+    cfg_big = tiny_run(data_dir, str(tmp_path), batch_size=8, dropout=0.0, **opt)
     cfg_acc = tiny_run(
-        data_dir, str(tmp_path), batch_size=2, gradient_accumulation_steps=4, dropout=0.0
+        data_dir, str(tmp_path), batch_size=2, gradient_accumulation_steps=4, dropout=0.0, **opt
     )
     run = loop.setup(cfg_big)
     windows = loop.train_batch(run, 0)  # (1, 8, T + 1)
@@ -109,9 +141,10 @@ def test_gradient_accumulation_equals_big_batch(data_dir, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_several_steps_per_call_equal_single_steps(data_dir, tmp_path):
-    one = loop.run_training(tiny_run(data_dir, str(tmp_path / "a")))
-    four = loop.run_training(tiny_run(data_dir, str(tmp_path / "b"), steps_per_call=5))
+@pytest.mark.parametrize("opt", [{}, dict(optimizer="muon", max_iters=10)], ids=["adamw", "muon"])
+def test_several_steps_per_call_equal_single_steps(data_dir, tmp_path, opt):
+    one = loop.run_training(tiny_run(data_dir, str(tmp_path / "a"), **opt))
+    four = loop.run_training(tiny_run(data_dir, str(tmp_path / "b"), steps_per_call=5, **opt))
     assert one["val"] == pytest.approx(four["val"], abs=1e-5)
     assert one["train"] == pytest.approx(four["train"], abs=1e-5)
 
@@ -125,14 +158,16 @@ def test_training_lowers_the_loss(data_dir, tmp_path, capsys):
     assert checkpoint.latest_step(str(tmp_path)) == 60
 
 
-def test_resume_is_bit_identical(data_dir, tmp_path):
+@pytest.mark.parametrize("opt", [{}, MUON], ids=["adamw", "muon_wsd_scan"])
+def test_resume_is_bit_identical(data_dir, tmp_path, opt):
     """Stop after the checkpoint at step 20, resume to 40: the same losses and weights as
-    an uninterrupted run to 40 (dropout on, so the keys must line up too)."""
-    full = loop.setup(tiny_run(data_dir, str(tmp_path / "full"), max_iters=40))
+    an uninterrupted run to 40 (dropout on, so the keys must line up too). Also with
+    Muon's state (scan_layers: its stacked layout), and the wsd schedule."""
+    full = loop.setup(tiny_run(data_dir, str(tmp_path / "full"), max_iters=40, **opt))
     full_losses = loop.train_loop(full)
-    loop.run_training(tiny_run(data_dir, str(tmp_path / "split"), max_iters=20))
+    loop.run_training(tiny_run(data_dir, str(tmp_path / "split"), max_iters=20, **opt))
     resumed = loop.setup(
-        tiny_run(data_dir, str(tmp_path / "split"), max_iters=40, init_from="resume")
+        tiny_run(data_dir, str(tmp_path / "split"), max_iters=40, init_from="resume", **opt)
     )
     assert resumed.iter_num == 20
     resumed_losses = loop.train_loop(resumed)

@@ -23,10 +23,11 @@ def run(args: argparse.Namespace) -> int:
     for note in bundle.notes:
         print(f"note: {note}")
     c = bundle.config
+    muon_state = bundle.opt_state is not None and args.dst_format == "jaxgpt"
     print(
         f"wrote {written} ({args.dst_format}): {c.n_layer} layers, {c.n_head} heads, "
         f"{c.n_embd} embd, block {c.block_size}, vocab {c.vocab_size}, "
         f"tokenizer {bundle.tokenizer['kind']}, iter {bundle.iter_num}, "
-        f"optimizer state {'yes' if bundle.moments is not None else 'no'}"
+        f"optimizer state {'yes' if bundle.moments is not None or muon_state else 'no'}"
     )
     return 0

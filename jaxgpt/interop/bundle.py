@@ -5,6 +5,7 @@ writer takes one, so any format converts to any other through it.
 """
 
 import dataclasses
+from typing import Any
 
 from jaxgpt.config import GPTConfig
 
@@ -28,7 +29,7 @@ class Moments:
 class Bundle:
     """A model with what travels with it between formats: parameters in jaxgpt's layout
     (h_0.. even for scan_layers models), its config and tokenizer, and when the source has
-    them the run config, progress and AdamW state."""
+    them the run config, progress and optimizer state."""
 
     params: dict
     config: GPTConfig
@@ -37,4 +38,7 @@ class Bundle:
     iter_num: int = 0
     best_val_loss: float = float("inf")
     moments: Moments | None = None
+    # optimizer=muon: the whole jaxgpt optimizer state (Muon's and its AdamW group's), which
+    # only a jaxgpt checkpoint takes; moments is None then
+    opt_state: Any = None
     notes: list[str] = dataclasses.field(default_factory=list)  # printed by the CLI

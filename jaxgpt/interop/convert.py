@@ -3,7 +3,8 @@
 Formats: `jaxgpt` (an out_dir of orbax checkpoints, see checkpoint.py), `hf` (a Hugging
 Face GPT-2 or Llama directory, see hf.py) and `nanogpt` (a ckpt.pt, see nanogpt.py). Every
 reader returns a Bundle (bundle.py): the parameters in jaxgpt's layout with the config and
-tokenizer, and the run's progress and AdamW state where the format has them. A jaxgpt checkpoint
+tokenizer, and the run's progress and AdamW state where the format has them (an
+optimizer=muon state goes only from one jaxgpt checkpoint to another). A jaxgpt checkpoint
 written here is one `jaxgpt sample --out_dir` and `jaxgpt train --init_from=resume` take.
 """
 
@@ -103,10 +104,14 @@ def load_checkpoint(out_dir: str) -> Bundle:
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    moments = None
+    moments = opt_state = None
     try:
         _, state, _ = checkpoint.restore(out_dir, abstract)
-        params, moments = state.params, moments_of(state.opt_state)
+        params = state.params
+        if run.optimizer == "adamw":
+            moments = moments_of(state.opt_state)
+        else:  # Muon's state (and its AdamW group's): only jaxgpt's optimizer reads it
+            opt_state = jax.tree.map(np.asarray, state.opt_state)
     except checkpoint.CheckpointError:
         _, params, _ = checkpoint.restore_params(out_dir, abstract.params)
     params = unstack_layers(jax.tree.map(np.asarray, params))
@@ -119,6 +124,7 @@ def load_checkpoint(out_dir: str) -> Bundle:
         iter_num=int(meta.get("iter_num", 0)),
         best_val_loss=float(best) if best is not None else math.inf,
         moments=moments,
+        opt_state=opt_state,
     )
 
 
@@ -130,6 +136,11 @@ def _run_for(bundle: Bundle, out_dir: str) -> TrainConfig:
     else:
         run = TrainConfig(**{k: getattr(bundle.config, k) for k in (*ARCH_KEYS, "dropout")})
     return dataclasses.replace(run, out_dir=str(out_dir), init_from="resume")
+
+
+def _same_shapes(a, b) -> bool:
+    shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)  # noqa: E731
+    return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
 
 
 def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
@@ -144,7 +155,11 @@ def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
     tx = train.make_optimizer(run)
     state = train.init_state(jax.tree.map(jnp.asarray, params), tx)
     state = state.replace(step=jnp.asarray(bundle.iter_num, jnp.int32))
-    if bundle.moments is not None:
+    if bundle.opt_state is not None and _same_shapes(bundle.opt_state, state.opt_state):
+        state = state.replace(opt_state=jax.tree.map(jnp.asarray, bundle.opt_state))
+    elif bundle.opt_state is not None:
+        bundle.notes.append("the optimizer state does not fit this model's layout: not carried")
+    elif bundle.moments is not None:
         moments = bundle.moments
         if config.scan_layers:
             moments = Moments(

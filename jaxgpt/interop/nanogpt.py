@@ -220,6 +220,8 @@ def save(bundle: Bundle, dst) -> Path:
     }
     if bundle.moments is not None:
         ckpt["optimizer"] = moments_to_torch(bundle.moments, bundle.config, run)
+    if bundle.opt_state is not None:
+        bundle.notes.append("Muon's optimizer state is not carried: ckpt.pt holds AdamW's only")
     path.parent.mkdir(parents=True, exist_ok=True)
     if bundle.tokenizer.get("kind") == "char":
         write_meta(bundle.tokenizer, path.parent / "meta.pkl")

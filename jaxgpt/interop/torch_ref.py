@@ -1,4 +1,5 @@
-"""A compact PyTorch GPT with nanoGPT's architecture, init, AdamW groups and sampling.
+"""A compact PyTorch GPT with nanoGPT's architecture, init, AdamW groups and sampling,
+and jaxgpt's Muon (optimizer=muon) in float32.
 
 The reference jaxgpt is checked against (parity tests) and timed against (the
 JAX-vs-PyTorch benchmark). Module and parameter names are nanoGPT's, so its state_dict
@@ -186,8 +187,11 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas):
-        """AdamW with weight decay on every >= 2-D parameter, none on the rest."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, muon=None):
+        """AdamW with weight decay on every >= 2-D parameter, none on the rest; given
+        `muon` (muon_settings), jaxgpt's Muon and AdamW groups (configure_muon)."""
+        if muon is not None:
+            return configure_muon(self, weight_decay, learning_rate, betas, muon)
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -208,3 +212,146 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
         return idx
+
+
+# Muon (optimizer=muon): jaxgpt's definition (jaxgpt/muon.py, optax's scale_by_muon chain)
+# in float32 PyTorch, for the parity tests and the JAX-vs-PyTorch benchmark. It differs
+# from torch.optim.Muon where optax does (muon.py): bias-corrected Nesterov momentum,
+# float32 instead of bfloat16 Newton-Schulz, eps added to the norm.
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # optax's and torch's default (a, b, c)
+
+
+def newton_schulz(g: torch.Tensor, steps: int, eps: float = 1e-8) -> torch.Tensor:
+    """optax's orthogonalize_via_newton_schulz (frobenius preconditioning) of a matrix."""
+    a, b, c = NS_COEFFS
+    x = g.T if g.shape[0] > g.shape[1] else g  # the wide orientation, as optax
+    x = x / (torch.linalg.matrix_norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+class Muon(torch.optim.Optimizer):
+    """jaxgpt's Muon for 2-D weights of shape (out, in), each split into `row_blocks`
+    matrices along its rows (nanoGPT's c_attn (3C, C): q, k and v, as jaxgpt's
+    dimension numbers split its (C, 3, nh, hs) kernel).
+
+    mu = momentum mu + (1 - momentum) g; Nesterov's M = momentum mu / (1 - momentum^(t+1))
+    + (1 - momentum) g / (1 - momentum^t), else M = mu / (1 - momentum^t); each block of M
+    orthogonalised (newton_schulz) and scaled by sqrt(max(1, out / in)) ("original") or
+    0.2 sqrt(max(out, in)) ("match_rms_adamw"); W -= lr (update + weight_decay W).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        adjust_lr_fn: str = "original",
+        row_blocks: int = 1,
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            row_blocks=row_blocks,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"], state["mu"] = 0, torch.zeros_like(p)
+                state["step"] += 1
+                t, mu, g = state["step"], state["mu"], p.grad
+                mu.mul_(beta).add_((1 - beta) * g)
+                if group["nesterov"]:
+                    m = beta * mu / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+                else:
+                    m = mu / (1 - beta**t)
+                blocks = m.chunk(group["row_blocks"], dim=0)
+                update = torch.cat([self._orthogonal(b, group) for b in blocks], dim=0)
+                p.sub_(group["lr"] * (update + group["weight_decay"] * p))
+
+    @staticmethod
+    def _orthogonal(block: torch.Tensor, group: dict) -> torch.Tensor:
+        fan_out, fan_in = block.shape
+        if group["adjust_lr_fn"] == "match_rms_adamw":
+            scale = 0.2 * math.sqrt(max(fan_in, fan_out))
+        else:
+            scale = math.sqrt(max(1.0, fan_out / fan_in))
+        return scale * newton_schulz(block, group["ns_steps"])
+
+
+class Optimizers:
+    """Several optimizers stepped as one; param_groups lists all of their groups."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
+def muon_settings(cfg) -> dict | None:
+    """A TrainConfig's Muon keys as configure_muon's arguments; None for optimizer=adamw."""
+    if cfg.optimizer != "muon":
+        return None
+    return dict(
+        lr=cfg.muon_lr,
+        momentum=cfg.muon_momentum,
+        nesterov=cfg.muon_nesterov,
+        weight_decay=cfg.muon_weight_decay,
+        ns_steps=cfg.muon_ns_steps,
+        adjust_lr_fn=cfg.muon_lr_scale,
+    )
+
+
+def configure_muon(model: GPT, weight_decay, learning_rate, betas, muon: dict) -> Optimizers:
+    """jaxgpt's groups: Muon on the weights of the blocks' Linears (c_attn split into q, k
+    and v), nanoGPT's AdamW groups on the rest. Every group carries `lr_scale`: the factor
+    of the run's schedule (learning_rate's) that gives its lr."""
+    blocks = model.transformer.h
+    kernels = [m.weight for m in blocks.modules() if isinstance(m, nn.Linear)]
+    qkv, muon_ids = {id(b.attn.c_attn.weight) for b in blocks}, {id(k) for k in kernels}
+    rest = [p for p in model.parameters() if id(p) not in muon_ids]
+    adamw = torch.optim.AdamW(
+        [
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=learning_rate,
+        betas=betas,
+    )
+    scale = muon["lr"] / learning_rate
+    groups = [
+        {"params": [k for k in kernels if id(k) in qkv], "row_blocks": 3},
+        {"params": [k for k in kernels if id(k) not in qkv], "row_blocks": 1},
+    ]
+    muon_opt = Muon([dict(g, lr_scale=scale) for g in groups], **muon)
+    for group in adamw.param_groups:
+        group["lr_scale"] = 1.0
+    return Optimizers(adamw, muon_opt)

@@ -1,8 +1,9 @@
 """JAX vs PyTorch on the same machine: the same model, init, batches and optimizer.
 
-`torch_bench_train` times the project's PyTorch reference (interop/torch_ref.py, nanoGPT's model,
-AdamW groups, schedule and clipping; autocast, fused AdamW and TF32 on CUDA as nanoGPT's
-train.py) starting from jaxgpt's initial weights on jaxgpt's batches, and returns the
+`torch_bench_train` times the project's PyTorch reference (interop/torch_ref.py,
+nanoGPT's model, AdamW groups, schedule and clipping, or jaxgpt's Muon with
+optimizer=muon; autocast, fused AdamW and TF32 on CUDA as nanoGPT's train.py) starting
+from jaxgpt's initial weights on jaxgpt's batches, and returns the
 same figures as bench.bench_train. `compare` runs jaxgpt, PyTorch eager and
 torch.compile alternately, each run in its own process (A B C A B C ...), and reports
 medians and the ratio of each pair of runs.
@@ -64,7 +65,7 @@ def torch_bench_train(
     model.load_state_dict(state)
     model.to(device).train()
     optimizer = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2)
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), torch_ref.muon_settings(cfg)
     )
     if cuda:
         for group in optimizer.param_groups:
@@ -78,7 +79,7 @@ def torch_bench_train(
 
     def step(it: int) -> float:
         for group in optimizer.param_groups:
-            group["lr"] = float(train.get_lr(it, cfg))
+            group["lr"] = float(train.get_lr(it, cfg)) * group.get("lr_scale", 1.0)
         windows = torch.from_numpy(next_batch(it)).long()
         x = windows[..., :-1].contiguous().to(device, non_blocking=True)  # (accum, B, T)
         y = windows[..., 1:].contiguous().to(device, non_blocking=True)
