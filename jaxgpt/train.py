@@ -202,11 +202,30 @@ def state_from_params(params: dict, model_cfg: GPTConfig, tx, mesh) -> TrainStat
         return jax.jit(functools.partial(init_state, tx=tx), out_shardings=shardings)(params)
 
 
-def make_train_step(model_cfg: GPTConfig, cfg: TrainConfig, tx, mesh):
+def abstract_state(model_cfg: GPTConfig, tx, mesh) -> TrainState:
+    """The train state's shapes, dtypes and shardings at no cost (eval_shape): what a
+    checkpoint restores into and what the steps compile for."""
+    shapes = jax.eval_shape(lambda: init_state(unbox(abstract_params(model_cfg)), tx))
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes,
+        state_shardings(model_cfg, tx, mesh),
+    )
+
+
+def _ahead(jitted, mesh, *abstract_args):
+    """jitted's executable for these abstract arguments, compiled now: a loop that starts
+    it in a thread compiles while the state is created, restored or evaluated."""
+    with sharding.activate(mesh):
+        return jitted.lower(*abstract_args).compile()
+
+
+def make_train_step(model_cfg: GPTConfig, cfg: TrainConfig, tx, mesh, ahead: bool = False):
     """The jitted step: (state, windows) -> (state, metrics), state donated.
 
     windows have shape (steps_per_call, accum, B, T + 1) when cfg.steps_per_call > 1,
-    else (accum, B, T + 1); metrics then carry a leading steps_per_call axis.
+    else (accum, B, T + 1); metrics then carry a leading steps_per_call axis. ahead:
+    compile now for the run's shapes rather than at the first call.
     """
     kw = dict(model=GPT(model_cfg), tx=tx, cfg=cfg)
     fn = functools.partial(train_steps if cfg.steps_per_call > 1 else train_step, **kw)
@@ -219,6 +238,11 @@ def make_train_step(model_cfg: GPTConfig, cfg: TrainConfig, tx, mesh):
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+    if ahead:
+        shape = (cfg.steps_per_call,) * (lead - 1) + (cfg.gradient_accumulation_steps,)
+        shape += (cfg.batch_size, cfg.block_size + 1)
+        batch = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh)
+        return _ahead(jitted, mesh, abstract_state(model_cfg, tx, mesh), batch)
 
     def step(state, batch):
         with sharding.activate(mesh):
@@ -227,14 +251,21 @@ def make_train_step(model_cfg: GPTConfig, cfg: TrainConfig, tx, mesh):
     return step
 
 
-def make_eval_step(model_cfg: GPTConfig, tx, mesh):
-    """The jitted mean loss over batches: (params, windows (n, B, T + 1)) -> scalar."""
+def make_eval_step(model_cfg: GPTConfig, tx, mesh, ahead: tuple[int, int] | None = None):
+    """The jitted mean loss over batches: (params, windows (n, B, T + 1)) -> scalar.
+    ahead=(n, B): compile now for those windows rather than at the first call."""
     params_sh = state_shardings(model_cfg, tx, mesh).params
+    windows_sh = sharding.batch_sharding(mesh, 3, batch_dim=1)
     jitted = jax.jit(
         functools.partial(eval_loss, model=GPT(model_cfg)),
-        in_shardings=(params_sh, sharding.batch_sharding(mesh, 3, batch_dim=1)),
+        in_shardings=(params_sh, windows_sh),
         out_shardings=sharding.replicated(mesh),
     )
+    if ahead:
+        windows = jax.ShapeDtypeStruct(
+            (*ahead, model_cfg.block_size + 1), jnp.int32, sharding=windows_sh
+        )
+        return _ahead(jitted, mesh, abstract_state(model_cfg, tx, mesh).params, windows)
 
     def step(params, windows):
         with sharding.activate(mesh):
