@@ -3,9 +3,12 @@
 Each option of conftest.OPTIONS alone, and the Llama and speedrun combinations, on a small
 model (2 layers, 4 heads, 32 embd, block 16, vocab 384, weights perturbed from the init so
 every parameter matters): logits within 1e-5 (max abs), gradients within 1e-4 (relative,
-every parameter), and 20 AdamW steps (clipping, warmup + cosine, weight decay, gradient
-accumulation) within 1e-4 (losses). torch_ref.py writes each option the way PyTorch code
-does (transformers' Llama), independently of jaxgpt. `pytest -s` prints the figures.
+every parameter), and 20 optimizer steps (clipping, warmup + cosine, weight decay, gradient
+accumulation) within 1e-4 (losses), with AdamW and with Muon (test_parity.MUON_RUN: Muon
+on the blocks' kernels, AdamW on the rest; torch_ref.Muon splits c_attn and a SwiGLU c_fc
+into the matrices jaxgpt's dimension numbers make). torch_ref.py writes each option the
+way PyTorch code does (transformers' Llama), independently of jaxgpt. `pytest -s` prints
+the figures.
 """
 
 import dataclasses
@@ -18,11 +21,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import COMBOS, OPTIONS  # noqa: E402
-from test_parity import ADAMW_RUN, logits_and_grads, tokens  # noqa: E402
+from test_parity import ADAMW_RUN, MUON_RUN, logits_and_grads, tokens  # noqa: E402
 from torch_helpers import perturbed_ref, torch_steps  # noqa: E402
 
 from jaxgpt import train  # noqa: E402
 from jaxgpt.config import GPTConfig  # noqa: E402
+from jaxgpt.interop import torch_ref  # noqa: E402
 from jaxgpt.interop.statedict import from_nanogpt, to_nanogpt  # noqa: E402
 from jaxgpt.model import GPT  # noqa: E402
 
@@ -78,15 +82,16 @@ def test_gradients_match_torch_reference(case):
     assert worst < 1e-4, rel
 
 
-def test_twenty_adamw_steps_match_torch_reference(case):
+@pytest.mark.parametrize("cfg", [ADAMW_RUN, MUON_RUN], ids=["adamw", "muon"])
+def test_twenty_steps_match_torch_reference(case, cfg):
     name, config, _, _, _, _ = case
-    cfg = ADAMW_RUN
     ref = perturbed_ref(config).train()
     params = from_nanogpt(ref.state_dict(), config)
     # a 40-token "language" in the 384-token vocabulary: the loss falls from ~ln(384)
     shape = (20, cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size + 1)
     batches = tokens(shape, 3, high=40)
-    opt = ref.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
+    betas, muon = (cfg.beta1, cfg.beta2), torch_ref.muon_settings(cfg)
+    opt = ref.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, muon)
     expected = torch_steps(ref, opt, batches, cfg)
     tx = train.make_optimizer(cfg)
     state = train.init_state(params, tx)
@@ -97,6 +102,9 @@ def test_twenty_adamw_steps_match_torch_reference(case):
         state, metrics = step(state, windows)
         losses.append(float(metrics["loss"]))
     err = np.abs(np.array(losses) - np.array(expected)).max()
-    print(f"\n{name}: 20 AdamW steps {expected[0]:.4f} -> {expected[-1]:.4f}, max abs {err:.2e}")
+    opt_name = cfg.optimizer
+    print(
+        f"\n{name}: 20 {opt_name} steps {expected[0]:.4f} -> {expected[-1]:.4f}, max abs {err:.2e}"
+    )
     assert expected[-1] < expected[0] - 0.5  # it trains
     assert err < 1e-4

@@ -236,7 +236,8 @@ def newton_schulz(g: torch.Tensor, steps: int, eps: float = 1e-8) -> torch.Tenso
 class Muon(torch.optim.Optimizer):
     """jaxgpt's Muon for 2-D weights of shape (out, in), each split into `row_blocks`
     matrices along its rows (nanoGPT's c_attn (3C, C): q, k and v, as jaxgpt's
-    dimension numbers split its (C, 3, nh, hs) kernel).
+    dimension numbers split its (C, 3, nh, hs) kernel), or into the row sets a group's
+    `rows` lists (index tensors: configure_muon's grouped-query c_attn and SwiGLU c_fc).
 
     mu = momentum mu + (1 - momentum) g; Nesterov's M = momentum mu / (1 - momentum^(t+1))
     + (1 - momentum) g / (1 - momentum^t), else M = mu / (1 - momentum^t); each block of M
@@ -283,8 +284,10 @@ class Muon(torch.optim.Optimizer):
                     m = beta * mu / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
                 else:
                     m = mu / (1 - beta**t)
-                blocks = m.chunk(group["row_blocks"], dim=0)
-                update = torch.cat([self._orthogonal(b, group) for b in blocks], dim=0)
+                rows = group.get("rows") or torch.arange(len(m)).chunk(group["row_blocks"])
+                update = torch.empty_like(m)
+                for idx in rows:  # each row set is one matrix
+                    update[idx] = self._orthogonal(m[idx], group)
                 p.sub_(group["lr"] * (update + group["weight_decay"] * p))
 
     @staticmethod
@@ -330,6 +333,22 @@ def muon_settings(cfg) -> dict | None:
     )
 
 
+def qkv_rows(config: GPTConfig) -> list[torch.Tensor]:
+    """The matrices Muon makes of c_attn's rows, as jaxgpt's kernel (C, G + 2, nkv, hs)
+    has them: query slice i holds query heads j * G + i of every key/value head j (rows in
+    head order here), then the keys and the values."""
+    nh, nkv, hs = config.n_head, config.kv_heads, config.head_size
+    G, q = nh // nkv, torch.arange(nh * hs).view(nkv, nh // nkv, hs)  # (j, i, hs): head j*G+i
+    kv = torch.arange(nh * hs, (nh + 2 * nkv) * hs).view(2, nkv * hs)
+    return [q[:, i].reshape(-1) for i in range(G)] + [kv[0], kv[1]]
+
+
+def mlp_rows(config: GPTConfig) -> list[torch.Tensor]:
+    """SwiGLU's c_fc: the gate and the up projection are two matrices, as jaxgpt's (C, 2, H)."""
+    H = config.hidden_size
+    return list(torch.arange(2 * H).view(2, H)) if config.mlp == "swiglu" else [torch.arange(H)]
+
+
 def configure_muon(model: GPT, weight_decay, learning_rate, betas, muon: dict) -> Optimizers:
     """jaxgpt's groups: Muon on the weights of the blocks' Linears (c_attn split into q, k
     and v), nanoGPT's AdamW groups on the rest. Every group carries `lr_scale`: the factor
@@ -347,9 +366,12 @@ def configure_muon(model: GPT, weight_decay, learning_rate, betas, muon: dict) -
         betas=betas,
     )
     scale = muon["lr"] / learning_rate
+    c_fc = {id(b.mlp.c_fc.weight) for b in blocks}
+    split = {"c_attn": qkv_rows(model.config), "c_fc": mlp_rows(model.config)}
     groups = [
-        {"params": [k for k in kernels if id(k) in qkv], "row_blocks": 3},
-        {"params": [k for k in kernels if id(k) not in qkv], "row_blocks": 1},
+        {"params": [k for k in kernels if id(k) in qkv], "rows": split["c_attn"]},
+        {"params": [k for k in kernels if id(k) in c_fc], "rows": split["c_fc"]},
+        {"params": [k for k in kernels if id(k) not in qkv | c_fc], "row_blocks": 1},
     ]
     muon_opt = Muon([dict(g, lr_scale=scale) for g in groups], **muon)
     for group in adamw.param_groups:
