@@ -12,8 +12,10 @@ max_nonfinite_steps of them in a row stop the run. Reporting is watch/metrics.py
 """
 
 import dataclasses
+import functools
 import signal
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -40,6 +42,7 @@ class Run:
     state: train.TrainState
     iter_num: int
     best_val_loss: float
+    steps: tuple[Future, Future] | None = None  # the train and eval steps, compiling
     elapsed: float = 0.0  # seconds of training before this segment (from the checkpoint)
     skipped: int = 0  # non-finite updates skipped so far
     stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "preemption notice"
@@ -118,6 +121,21 @@ def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh, load_pretrained):
     return train.state_from_params(params, model_cfg, tx, mesh), model_cfg
 
 
+def compile_steps(cfg: TrainConfig, model_cfg: GPTConfig, tx, mesh) -> tuple[Future, Future]:
+    """The train and eval steps, compiled in two threads while the state is created or
+    restored: XLA compiles outside the GIL, so start-up waits for the longest compile, not
+    for the sum of the three (on the CPU config 5.0 + 2.4 + 1.6 s)."""
+    pool = ThreadPoolExecutor(2, thread_name_prefix="compile")
+    make_train = functools.partial(train.make_train_step, model_cfg, cfg, tx, mesh, ahead=True)
+    batch = (cfg.eval_iters, cfg.batch_size)
+    steps = (
+        pool.submit((lambda: None) if cfg.eval_only else make_train),
+        pool.submit(train.make_eval_step, model_cfg, tx, mesh, ahead=batch),
+    )
+    pool.shutdown(wait=False)
+    return steps
+
+
 def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
     """Build the mesh, load data and create or restore the train state.
 
@@ -154,6 +172,7 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
         _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
         _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
         model_cfg = _resume_model(cfg, ckpt_meta, vocab)
+        steps = compile_steps(cfg, model_cfg, tx, mesh)
         shardings = train.state_shardings(model_cfg, tx, mesh)
         template = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -167,11 +186,13 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
         if 0 < cfg.vocab_size < vocab:
             raise ConfigError(f"vocab_size={cfg.vocab_size} < the dataset's {vocab} tokens")
         model_cfg = cfg.model_config(cfg.vocab_size or vocab)
+        steps = compile_steps(cfg, model_cfg, tx, mesh)
         state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))
     else:
         state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh, load_pretrained)
+        steps = compile_steps(cfg, model_cfg, tx, mesh)
     log(f"number of parameters: {num_params(state.params, model_cfg) / 1e6:.2f}M")
-    run = Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss)
+    run = Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss, steps)
     run.elapsed, run.skipped = ckpt_meta.get("elapsed", 0.0), ckpt_meta.get("skipped", 0)
     return run
 
@@ -222,8 +243,8 @@ def train_batch(run: Run, step: int) -> jax.Array:
 def train_loop(run: Run) -> dict:
     """Run to max_iters, or until a stop signal; returns the last evaluated losses."""
     cfg, k = run.cfg, run.cfg.steps_per_call
-    step_fn = train.make_train_step(run.model_cfg, cfg, run.tx, run.mesh)
-    eval_fn = train.make_eval_step(run.model_cfg, run.tx, run.mesh)
+    steps = run.steps or compile_steps(cfg, run.model_cfg, run.tx, run.mesh)
+    step_fn, eval_fn = (f.result() for f in steps)
     evals = eval_batches(run)
     mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints) if not cfg.eval_only else None
     n_params = num_params(run.state.params, run.model_cfg)
