@@ -2,11 +2,16 @@
 
 import argparse
 
+from jaxgpt.cli.keyhelp import HELP_FORMAT
 from jaxgpt.interop.bundle import FORMATS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a model between jaxgpt, HF and nanoGPT")
+    p = sub.add_parser(
+        "convert",
+        help="convert a model between jaxgpt, HF and nanoGPT",
+        formatter_class=HELP_FORMAT,
+    )
     p.add_argument("--from", dest="src_format", required=True, choices=FORMATS)
     p.add_argument("src", help="HF directory or gpt2*, nanoGPT ckpt.pt (or its folder), out_dir")
     p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS)
