@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("max_iters", "eval_interval", "eval_iters")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     stages = lecture.parse_stages(args.stages)
-    results = lecture.run_lecture(stages, args.input, args.data_dir, overrides)
-    print(lecture.format_table(results))
+    results, text = lecture.run_lecture(stages, args.input, args.data_dir, overrides)
+    print(lecture.format_table(results, overrides, text))
     return 0
