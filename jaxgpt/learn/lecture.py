@@ -77,29 +77,42 @@ class Text:
     splits: dict  # {train, val}: uint16 token arrays, 90/10
     vocab_size: int
     source: str  # e.g. "--input input.txt", "data/shakespeare_char (jaxgpt prepare ...)"
-    tiny_shakespeare: bool | None  # whether it is the lecture's text; None: not known
+    tiny_shakespeare: bool  # whether it is the lecture's text (its sha256)
 
 
-def load_text(input_path: str | None, data_dir: str) -> Text:
-    """Tiny Shakespeare characters, split 90/10: from --input or $JAXGPT_SHAKESPEARE, else
-    the dataset `jaxgpt prepare shakespeare_char` wrote to data_dir, else prepare's cache
-    or download."""
+def find_text(input_path: str | None, data_dir: str) -> tuple[str, str, str]:
+    """Tiny Shakespeare as (text, where it came from, the path or address read): --input,
+    else $JAXGPT_SHAKESPEARE, else the dataset `jaxgpt prepare shakespeare_char` wrote to
+    data_dir (decoded), else prepare's cache or a download. The notebook finds it so too."""
     dataset = "shakespeare_char"
     prepared = data.dataset_dir(data_dir, dataset)
     env = os.environ.get(chars.SHAKESPEARE_ENV)
-    if not input_path and not env and (prepared / "meta.json").is_file():
-        vocab = data.load_meta(data_dir, dataset)["vocab_size"]
-        splits = {s: data.load_split(data_dir, dataset, s, vocab) for s in data.SPLITS}
-        return Text(splits, vocab, f"{prepared} (jaxgpt prepare shakespeare_char)", None)
     if input_path:
-        source = f"--input {input_path}"
-    elif env:
-        source = f"${chars.SHAKESPEARE_ENV}={env}"
-    elif (chars.cache_dir() / "tinyshakespeare.txt").is_file():
-        source = f"tiny Shakespeare cached in {chars.cache_dir()}"
+        return chars.read_text(input_path), f"--input {input_path}", input_path
+    if env:
+        return chars.read_text(env), f"${chars.SHAKESPEARE_ENV}={env}", env
+    if (prepared / "meta.json").is_file():
+        meta = data.load_meta(data_dir, dataset)
+        if meta["kind"] != "char":
+            raise data.DataError(f"{prepared} is not a character dataset: pass --input FILE")
+        tok = CharTokenizer(meta["chars"])
+        parts = (
+            data.load_split(data_dir, dataset, s, meta["vocab_size"], meta.get(f"{s}_tokens"))
+            for s in data.SPLITS
+        )
+        text = "".join(tok.decode(p) for p in parts)
+        return text, f"{prepared} (jaxgpt prepare shakespeare_char)", str(prepared)
+    cached = chars.cache_dir() / "tinyshakespeare.txt"
+    if cached.is_file():
+        source, path = f"tiny Shakespeare cached at {cached}", str(cached)
     else:
-        source = f"tiny Shakespeare downloaded from {chars.SHAKESPEARE_URL}"
-    text = chars.shakespeare_text(input_path)
+        source, path = f"tiny Shakespeare from {chars.SHAKESPEARE_URL}", chars.SHAKESPEARE_URL
+    return chars.shakespeare_text(None), source, path
+
+
+def load_text(input_path: str | None, data_dir: str) -> Text:
+    """The lecture's text (find_text) as character tokens, split 90/10."""
+    text, source, _ = find_text(input_path, data_dir)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     tok = CharTokenizer.from_text(text)
     parts = chars.split_text(text)
@@ -196,7 +209,7 @@ def format_table(
     if text is not None:
         n = sum(len(s) for s in text.splits.values())
         line = f"text: {text.source} ({n:,} characters, vocab {text.vocab_size})"
-        if text.tiny_shakespeare is False:
+        if not text.tiny_shakespeare:
             line += "; not tiny Shakespeare: the reference column is tiny Shakespeare's"
         lines.append(line)
     marked = {i for i in results if changed_settings(STAGES[i - 1], overrides)}
