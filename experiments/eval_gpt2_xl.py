@@ -4,9 +4,10 @@
     jaxgpt train experiments/eval_gpt2_xl.py
 
 Loads the checkpoint through huggingface_hub (or --init_from=path/to/dir), evaluates
-500 batches of 8 x 1024 tokens per split and exits (eval_only). Expected, as nanoGPT
-measured: train loss 2.56, val loss 2.54. bfloat16 compute on an accelerator
-(--dtype=float32 to check on a CPU).
+500 batches of 8 x 1024 tokens per split and exits (eval_only). It prints one line,
+`step 0: train loss X, val loss Y`; expected, as nanoGPT's README measured: train loss
+~2.56, val loss ~2.54 (not measured with jaxgpt here: no OpenWebText on this machine).
+bfloat16 compute on an accelerator (--dtype=float32 to check on a CPU).
 """
 
 config = dict(

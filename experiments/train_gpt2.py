@@ -8,7 +8,8 @@
 block 1024 x grad accum 40 = 491,520 tokens per iteration (nanoGPT: 5 accumulation steps
 on each of 8 GPUs), lr 6e-4 with 2000 warmup iters, cosine to 6e-5 over 600k iters,
 weight decay 0.1, beta2 0.95, grad clip 1.0. bfloat16 compute (a GPU or TPU run).
-Expected: val loss ~2.85 (nanoGPT: ~4 days on 8x A100 40GB). On a mesh of N devices the
+Expected: val loss ~2.85 in the `step N` lines, as nanoGPT's README measured (~4 days
+on 8x A100 40GB; not measured with jaxgpt here). On a mesh of N devices the
 batch must divide by N: e.g. 8 devices, --batch_size=96 --gradient_accumulation_steps=5.
 """
 

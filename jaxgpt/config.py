@@ -5,12 +5,18 @@ the file), so a nanoGPT config reads the same here. An experiment file in
 `experiments/` is a Python module with a module docstring and a dict named `config`
 holding overrides; the command line adds `--key=value` overrides on top. Both go through
 `apply_overrides`, which checks every key and value type and names the closest valid key
-on a typo.
+on a typo. Every value is checked when a config is built: the ranges and choices of
+RANGES and CHOICES (one table, which `jaxgpt train --help` prints too, with the comment
+beside each field as its description) and the checks that relate keys, each failing
+as one ConfigError line that names the key, the value and what is allowed.
 """
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
+import math
+import numbers
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,32 +55,15 @@ class GPTConfig:
     zero_init_proj: bool = False  # zero-initialise c_proj (and an untied lm head)
 
     def __post_init__(self):
+        check_fields(self, {**RANGES, "vocab_size": "[1, inf)"}, CHOICES)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.attention not in ("auto", "xla", "cudnn", "einsum"):
-            raise ConfigError(
-                f"attention={self.attention!r}: choose one of auto, xla, cudnn, einsum"
-            )
-        for key in ("dtype", "param_dtype"):
-            if getattr(self, key) not in ("float32", "bfloat16", "float16"):
-                raise ConfigError(f"{key}={getattr(self, key)!r}: use float32, bfloat16 or float16")
-        for key, choices in CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise ConfigError(
-                    f"{key}={getattr(self, key)!r}: choose one of {', '.join(choices)}"
-                )
-        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+        if self.pos_encoding == "rope" and self.head_size % 2:
             raise ConfigError(f"pos_encoding=rope needs an even head size, not {self.head_size}")
-        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+        if self.n_head % self.kv_heads:
             raise ConfigError(
                 f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0: n_head)"
             )
-        for key in ("rope_theta", "norm_eps"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key}={getattr(self, key)} is out of range: must be > 0")
-        for key in ("mlp_hidden", "logit_softcap"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)} is out of range: must be >= 0")
 
     @property
     def head_size(self) -> int:
@@ -89,11 +78,6 @@ class GPTConfig:
         return self.mlp_hidden or 4 * self.n_embd
 
 
-CHOICES = {
-    "pos_encoding": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
-}
 # the keys of GPTConfig a run sets through TrainConfig (the rest: vocab_size, param_dtype)
 MODEL_KEYS = (
     "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "dtype", "attention",
@@ -109,40 +93,40 @@ ARCH_KEYS = tuple(k for k in MODEL_KEYS if k not in COMPUTE_KEYS)
 @dataclass(frozen=True)
 class TrainConfig:
     # I/O
-    out_dir: str = "out"
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
-    eval_only: bool = False
-    always_save_checkpoint: bool = True
+    out_dir: str = "out"  # checkpoints, metrics.jsonl and tensorboard events go here
+    eval_interval: int = 2000  # evaluate both splits (and maybe save) every this many iters
+    log_interval: int = 1  # print the train loss every this many iters
+    eval_iters: int = 200  # batches per split in each evaluation
+    eval_only: bool = False  # evaluate once and exit (nanoGPT's eval_only)
+    always_save_checkpoint: bool = True  # save at every eval, not only when val improves
     init_from: str = "scratch"  # scratch | resume | gpt2* | path to a HF GPT-2 directory
     keep_checkpoints: int = 2  # complete checkpoints kept in out_dir
     max_nonfinite_steps: int = 5  # stop after this many NaN/inf updates in a row (skipped)
     tensorboard_log: bool = True  # event files in out_dir/tensorboard
     # wandb logging
-    wandb_log: bool = False
-    wandb_project: str = "owt"
-    wandb_run_name: str = "gpt2"
+    wandb_log: bool = False  # log to Weights & Biases (needs the wandb package)
+    wandb_project: str = "owt"  # wandb project
+    wandb_run_name: str = "gpt2"  # wandb run name
     # data
-    dataset: str = "openwebtext"
-    data_dir: str = "data"
-    gradient_accumulation_steps: int = 1
+    dataset: str = "openwebtext"  # folder under data_dir (train.bin, val.bin, meta.json)
+    data_dir: str = "data"  # where `jaxgpt prepare` writes datasets
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     batch_size: int = 12  # micro-batch size; tokens per iter = accum * batch * block
-    block_size: int = 1024
+    block_size: int = 1024  # context length in tokens
     # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = False
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads (query heads)
+    n_embd: int = 768  # embedding width; a multiple of n_head
+    dropout: float = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+    bias: bool = False  # bias inside LayerNorm and Linear layers
     vocab_size: int = 0  # 0: the dataset's; nanoGPT pads GPT-2's 50257 to 50304 for speed
     # model: after nanoGPT (GPTConfig's options; the defaults are nanoGPT's model)
-    pos_encoding: str = "learned"  # learned | rope
+    pos_encoding: str = "learned"  # learned position embeddings (wpe) or rotary (rope)
     rope_theta: float = 10000.0  # rope: base of the rotary frequencies
-    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm: str = "layernorm"  # LayerNorm (GPT-2) or RMSNorm (Llama)
     norm_eps: float = 1e-5  # epsilon of every norm
     norm_scale: bool = True  # a learnable scale (gain) in every norm
-    mlp: str = "gelu"  # gelu | gelu_tanh | relu2 | swiglu
+    mlp: str = "gelu"  # MLP activation; swiglu is Llama's gated MLP
     mlp_hidden: int = 0  # hidden units of the MLP; 0: 4 * n_embd
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
@@ -150,70 +134,53 @@ class TrainConfig:
     logit_softcap: float = 0.0  # logits = c * tanh(logits / c); 0: off
     zero_init_proj: bool = False  # zero-initialise c_proj (and an untied lm head)
     # adamw optimizer
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
+    learning_rate: float = 6e-4  # max learning rate
+    max_iters: int = 600000  # total number of training iterations
+    weight_decay: float = 1e-1  # AdamW's decoupled weight decay (matrices and embeddings)
+    beta1: float = 0.9  # AdamW's beta1
+    beta2: float = 0.95  # AdamW's beta2
+    grad_clip: float = 1.0  # clip gradients at this global norm; 0 disables clipping
     # learning rate decay
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000
-    min_lr: float = 6e-5
-    lr_schedule: str = "cosine"  # cosine (nanoGPT's) | wsd: warmup, stable, linear decay to min_lr
+    decay_lr: bool = True  # whether to decay the learning rate
+    warmup_iters: int = 2000  # how many steps to warm up for
+    lr_decay_iters: int = 600000  # should be ~= max_iters per Chinchilla
+    min_lr: float = 6e-5  # minimum learning rate, should be ~= learning_rate/10
+    lr_schedule: str = "cosine"  # nanoGPT's cosine, or wsd: warmup, stable, linear decay
     cooldown_frac: float = 0.4  # wsd: the decay spans the last cooldown_frac of lr_decay_iters
     # optimizer (muon: Muon on the blocks' weight matrices, AdamW above on the rest)
-    optimizer: str = "adamw"  # adamw | muon
+    optimizer: str = "adamw"  # nanoGPT's AdamW, or Muon on the blocks' matrices
     muon_lr: float = 0.02  # Muon's base lr, scheduled as learning_rate is (x muon_lr / lr)
     muon_momentum: float = 0.95  # Muon's momentum (an average of the gradients)
     muon_nesterov: bool = True  # Nesterov momentum (optax's, bias-corrected; see muon.py)
     muon_weight_decay: float = 0.0  # decoupled, times the scheduled muon lr (torch's Muon)
     muon_ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalisation
-    muon_lr_scale: str = "original"  # original | match_rms_adamw: torch's adjust_lr_fn
+    muon_lr_scale: str = "original"  # torch's adjust_lr_fn
     # system
-    seed: int = 1337
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
-    attention: str = "auto"
-    remat: bool = False
-    scan_layers: bool = False
+    seed: int = 1337  # seed of the initialisation, dropout and the batches
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    attention: str = "auto"  # attention kernel, see ops.causal_attention
+    remat: bool = False  # rematerialise each block's activations in the backward pass
+    scan_layers: bool = False  # one nn.scan over the blocks: faster compiles for deep models
     steps_per_call: int = 1  # optimizer steps per compiled call (lax.scan); divides intervals
     # device mesh: -1 takes all remaining devices (see sharding.py)
-    mesh_data: int = -1
-    mesh_fsdp: int = 1
-    mesh_tensor: int = 1
+    mesh_data: int = -1  # data-parallel devices
+    mesh_fsdp: int = 1  # FSDP devices: parameters and Adam moments sharded
+    mesh_tensor: int = 1  # tensor-parallel devices: heads, MLP units and vocabulary split
     # multi-host (jax.distributed); auto-detected on TPU VMs and SLURM
-    coordinator_address: str = ""
-    num_processes: int = 0
-    process_id: int = -1
+    coordinator_address: str = ""  # host:port of process 0; empty: auto-detect or one host
+    num_processes: int = 0  # processes in the run (with coordinator_address)
+    process_id: int = -1  # this process's index (with coordinator_address)
 
     def __post_init__(self):
-        positive = ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size")
-        positive += ("gradient_accumulation_steps", "steps_per_call", "max_nonfinite_steps")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.max_iters < 0:
-            raise ConfigError(f"max_iters={self.max_iters} must be >= 0")
-        choices = {
-            "lr_schedule": ("cosine", "wsd"),
-            "optimizer": ("adamw", "muon"),
-            "muon_lr_scale": ("original", "match_rms_adamw"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(
-                    f"{key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}"
-                )
-        if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise ConfigError(f"cooldown_frac={self.cooldown_frac} must be in [0, 1]")
-        for key in ("muon_lr", "muon_weight_decay"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(f"muon_momentum={self.muon_momentum} must be in [0, 1)")
-        if self.muon_ns_steps < 1:
-            raise ConfigError(f"muon_ns_steps={self.muon_ns_steps} must be >= 1")
+        check_fields(self, RANGES, CHOICES)
+        for key in NOT_EMPTY:
+            if not getattr(self, key):
+                raise ConfigError(f"{key} must not be empty")
+        if self.decay_lr and self.warmup_iters > self.lr_decay_iters:
+            raise ConfigError(
+                f"warmup_iters={self.warmup_iters} must be <= lr_decay_iters="
+                f"{self.lr_decay_iters} (or set --decay_lr=False)"
+            )
         if self.optimizer == "muon" and self.learning_rate <= 0:
             raise ConfigError(
                 f"learning_rate={self.learning_rate} must be > 0 with optimizer=muon "
@@ -225,12 +192,118 @@ class TrainConfig:
                     f"{key}={getattr(self, key)} must be a multiple of "
                     f"steps_per_call={self.steps_per_call}"
                 )
+        mesh = (self.mesh_data, self.mesh_fsdp, self.mesh_tensor)
+        if mesh.count(-1) > 1:
+            raise ConfigError(
+                f"mesh {mesh}: at most one of mesh_data, mesh_fsdp, mesh_tensor may be -1"
+            )
+        if self.coordinator_address and not 0 <= self.process_id < self.num_processes:
+            raise ConfigError(
+                f"coordinator_address needs num_processes >= 1 and 0 <= process_id < "
+                f"num_processes (got num_processes={self.num_processes}, "
+                f"process_id={self.process_id})"
+            )
+        self.model_config(self.vocab_size or 1)  # the model's own checks (n_embd % n_head, ...)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The model this run trains, for a dataset of `vocab_size` tokens."""
         return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_KEYS})
 
 
+# The allowed values of every key that has a range or a fixed set of choices, one table
+# for the checks (check_fields) and `jaxgpt train --help`. A range is written as an
+# interval, "-1 | [1, inf)" also allows -1; every float must be finite. The bool keys and
+# the free-text keys (STR_KEYS) take any value of their type.
+RANGES = {
+    # I/O
+    "eval_interval": "[1, inf)", "log_interval": "[1, inf)", "eval_iters": "[1, inf)",
+    "keep_checkpoints": "[1, inf)", "max_nonfinite_steps": "[1, inf)",
+    # data
+    "gradient_accumulation_steps": "[1, inf)", "batch_size": "[1, inf)",
+    "block_size": "[1, inf)",
+    # model
+    "n_layer": "[1, inf)", "n_head": "[1, inf)", "n_embd": "[1, inf)", "dropout": "[0, 1)",
+    "vocab_size": "[0, inf)", "rope_theta": "(0, inf)", "norm_eps": "(0, inf)",
+    "mlp_hidden": "[0, inf)", "n_kv_head": "[0, inf)", "logit_softcap": "[0, inf)",
+    # optimizer (PyTorch's AdamW refuses lr < 0, betas outside [0, 1), weight_decay < 0)
+    "learning_rate": "[0, inf)", "max_iters": "[0, inf)", "weight_decay": "[0, inf)",
+    "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
+    "warmup_iters": "[0, inf)", "lr_decay_iters": "[0, inf)", "min_lr": "[0, inf)",
+    "cooldown_frac": "[0, 1]", "muon_lr": "[0, inf)", "muon_momentum": "[0, 1)",
+    "muon_weight_decay": "[0, inf)", "muon_ns_steps": "[1, inf)",
+    # system (jax.random.key takes a seed < 2**63, numpy's generator one >= 0)
+    "seed": "[0, 2**63)", "steps_per_call": "[1, inf)",
+    "mesh_data": "-1 | [1, inf)", "mesh_fsdp": "-1 | [1, inf)", "mesh_tensor": "-1 | [1, inf)",
+    "num_processes": "[0, inf)", "process_id": "-1 | [0, inf)",
+}  # fmt: skip
+DTYPES = ("float32", "bfloat16", "float16")
+CHOICES = {
+    "pos_encoding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "gelu_tanh", "relu2", "swiglu"),
+    "dtype": DTYPES,
+    "param_dtype": DTYPES,
+    "attention": ("auto", "xla", "cudnn", "einsum"),
+    "lr_schedule": ("cosine", "wsd"),
+    "optimizer": ("adamw", "muon"),
+    "muon_lr_scale": ("original", "match_rms_adamw"),
+}
+NOT_EMPTY = ("out_dir", "data_dir", "dataset", "init_from")  # strings that must be set
+STR_KEYS = ("out_dir", "init_from", "wandb_project", "wandb_run_name", "dataset", "data_dir")
+STR_KEYS += ("coordinator_address",)
+
+
+def in_range(value, spec: str) -> bool:
+    """Whether a number lies in `spec`: intervals such as "[0, 1)", "(0, inf)" or
+    "[0, 2**63)", and single values, joined by "|"."""
+    for part in (p.strip() for p in spec.split("|")):
+        if part[0] not in "[(":
+            if value == _number(part):
+                return True
+            continue
+        lo, hi = (_number(x) for x in part[1:-1].split(","))
+        above = value >= lo if part[0] == "[" else value > lo
+        below = value <= hi if part[-1] == "]" else value < hi
+        if above and below:
+            return True
+    return False
+
+
+def _number(text: str) -> float | int:
+    text = text.strip()
+    return 2 ** int(text[3:]) if text.startswith("2**") else float(text)
+
+
+def describe_range(spec: str) -> str:
+    """ "[0, inf)" -> ">= 0", "(0, inf)" -> "> 0", "-1 | [1, inf)" -> "-1 or >= 1"."""
+
+    def one(part: str) -> str:
+        if part[0] not in "[(":
+            return part
+        lo, hi = (x.strip() for x in part[1:-1].split(","))
+        if hi == "inf" and part[-1] == ")":
+            return (">= " if part[0] == "[" else "> ") + lo
+        return f"in {part}"
+
+    return " or ".join(one(p.strip()) for p in spec.split("|"))
+
+
+def check_fields(cfg, ranges: dict, choices: dict) -> None:
+    """Every field of the dataclass `cfg` of its type, in its range or among its choices."""
+    for key, typ in _field_types(type(cfg)).items():
+        value = getattr(cfg, key)
+        if typ is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            pass
+        elif not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ConfigError(f"{key} expects {typ.__name__}, got {type(value).__name__} {value!r}")
+        if key in choices and value not in choices[key]:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices[key])}")
+        if key in ranges and not in_range(value, ranges[key]):
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise ConfigError(f"{key}={value!r} must be {finite}{describe_range(ranges[key])}")
+
+
+@functools.cache
 def _field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -1,7 +1,8 @@
 """Token datasets on disk and the batches drawn from them.
 
 A dataset is a folder `<data_dir>/<name>/` with nanoGPT's layout: `train.bin` and
-`val.bin` (flat uint16 token ids, no header) and `meta.json` (the tokenizer). Batches are
+`val.bin` (flat uint16 token ids, no header) and `meta.json` (the tokenizer and the token
+counts, checked on load: a malformed one is a one-line DataError). Batches are
 random windows of block_size + 1 tokens read from a memmap. The windows of step s are a
 pure function of (seed, split, step): a resumed run reads exactly the batches an
 uninterrupted run would have read, and each process of a multi-host run can read only
@@ -31,7 +32,47 @@ def load_meta(data_dir: str, dataset: str) -> dict:
             f"no dataset at {path.parent} (missing meta.json): run `jaxgpt prepare {dataset}` "
             "or set --data_dir"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}): run `jaxgpt prepare` again") from None
+    check_meta(meta, path)
+    return meta
+
+
+TOKENIZER_KINDS = ("char", "bpe", "hf", "ids")  # see prep/tokenizer.py
+
+
+def check_meta(meta, path: Path) -> None:
+    """A dataset's meta.json: a tokenizer kind, a vocab_size that uint16 ids can hold, the
+    characters of a char vocabulary, and token counts that are counts."""
+    again = "run `jaxgpt prepare` again"
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} holds a JSON {type(meta).__name__}, not an object: {again}")
+    if meta.get("kind") not in TOKENIZER_KINDS:
+        raise DataError(
+            f"{path}: kind={meta.get('kind')!r} is not a tokenizer kind "
+            f"({', '.join(TOKENIZER_KINDS)}): {again}"
+        )
+    vocab = meta.get("vocab_size")
+    if not _is_count(vocab) or not 1 <= vocab <= 2**16:
+        raise DataError(f"{path}: vocab_size={vocab!r} must be an int in [1, 65536]: {again}")
+    chars = meta.get("chars")
+    if meta["kind"] == "char" and not (
+        isinstance(chars, str | list)
+        and len(chars) == vocab
+        and all(isinstance(c, str) for c in chars)
+    ):
+        raise DataError(f"{path}: a char vocabulary needs `chars`, {vocab} characters: {again}")
+    if meta["kind"] == "hf" and not isinstance(meta.get("json"), str):
+        raise DataError(f"{path}: an hf tokenizer needs its tokenizer.json text as `json`: {again}")
+    for key in (f"{s}_tokens" for s in SPLITS):
+        if key in meta and not (_is_count(meta[key]) and meta[key] >= 0):
+            raise DataError(f"{path}: {key}={meta[key]!r} must be an int >= 0: {again}")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def load_split(

@@ -39,16 +39,21 @@ class Generation:
     new_tokens: int  # tokens the sampler generated, all samples together
     seconds: float  # generation wall time, compilation excluded
     compile_seconds: float
+    kept_tokens: int | None = None  # new tokens kept up to the stops; None: new_tokens
 
     @property
     def tokens_per_second(self) -> float:
+        """The sampler's speed: every token it generated, kept or cut at a stop."""
         return self.new_tokens / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
-        """The `jaxgpt sample` stderr line."""
+        """The `jaxgpt sample` stderr line: the tokens kept (up to the stops, each stop's
+        last token included), and what was sampled past them if any."""
+        kept = self.new_tokens if self.kept_tokens is None else self.kept_tokens
+        cut = f"; {self.new_tokens} sampled, cut at the stops" if kept != self.new_tokens else ""
         return (
-            f"generated {self.new_tokens} tokens in {self.seconds:.2f} s "
-            f"({self.tokens_per_second:.1f} tokens/s, compile {self.compile_seconds:.2f} s)"
+            f"generated {kept} tokens in {self.seconds:.2f} s "
+            f"({self.tokens_per_second:.1f} tokens/s, compile {self.compile_seconds:.2f} s{cut})"
         )
 
 
@@ -200,4 +205,5 @@ def generate(
     if tokenizer is not None:
         texts = [tokenizer.decode(p) + stops.cut(p, n) for p, n in zip(prompts, new)]
     tokens = [np.concatenate([p, n]) for p, n in zip(prompts, new)]
-    return Generation(tokens, texts, sum(c.size for c in chunks), seconds, compile_s[0])
+    sampled, kept = sum(c.size for c in chunks), sum(len(n) for n in new)
+    return Generation(tokens, texts, sampled, seconds, compile_s[0], kept)

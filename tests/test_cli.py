@@ -88,8 +88,16 @@ def test_sample_kv_cache_flag_stop_and_timing_line(trained, capsys):
     assert code == 0 and plain == cached  # same seed, same tokens
     first = cached.split("---------------\n")[0][len("The king") : -1]
     stop = first[3:5]
-    code, out, _ = run_cli(capsys, *args, "--start=The king", f"--stop={stop}")
+    code, out, err = run_cli(capsys, *args, "--start=The king", f"--stop={stop}")
     assert out.split("---------------\n")[0] == "The king" + first[: first.index(stop)] + "\n"
+    # the count is of the tokens kept (characters here, the stop's included), not sampled
+    counts = r"generated (\d+) tokens in .*, compile [\d.]+ s; (\d+) sampled, cut at the stops\)"
+    kept, sampled = map(int, re.fullmatch(counts, err.strip().splitlines()[-1]).groups())
+    second = out.split("---------------\n")[1][len("The king") : -1]
+    assert kept == first.index(stop) + len(stop) + len(second) + (
+        len(stop) if len(second) < 20 else 0
+    )
+    assert sampled <= 40 and kept < sampled
     assert_user_error(run_cli(capsys, *args, "--top_p=1.5"), "top_p")
 
 

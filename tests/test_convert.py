@@ -318,6 +318,50 @@ def test_existing_destination_is_not_overwritten(converted, tmp_path, capsys):
     assert sorted(p.name for p in converted.iterdir()) == before
 
 
+def files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_file_or_non_empty_destination_is_refused(converted, tmp_path, capsys):
+    """Refused before the source is read, for every format; nothing there is changed."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine too")
+    nano = tmp_path / "nano"
+    nano.mkdir()
+    (nano / "ckpt.pt").write_bytes(b"an older checkpoint")
+    before = files(tmp_path)
+    for kind in ("jaxgpt", "hf", "nanogpt"):
+        result = convert(capsys, "jaxgpt", converted, kind, a_file)
+        assert_user_error(result, f"destination {a_file} is a file")
+        result = convert(capsys, "jaxgpt", converted, kind, full)
+        assert_user_error(result, f"destination {full} already holds 1 file(s)")
+    result = convert(capsys, "jaxgpt", converted, "nanogpt", nano / "ckpt.pt")
+    assert_user_error(result, f"{nano / 'ckpt.pt'} already exists")
+    result = convert(capsys, "jaxgpt", converted, "nanogpt", a_file / "ckpt.pt")
+    assert_user_error(result, f"{a_file} is a file")
+    assert files(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a_file", "full", "nano",
+    ]  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert convert(capsys, "jaxgpt", converted, "jaxgpt", empty)[0] == 0  # an empty folder
+
+
+def test_summary_says_what_was_written(converted, tmp_path, capsys):
+    """A HF directory holds the weights only; nanoGPT's ckpt.pt and a jaxgpt checkpoint
+    hold the iteration and AdamW's state."""
+    code, out, _ = convert(capsys, "jaxgpt", converted, "hf", tmp_path / "hf")
+    assert code == 0 and out.strip().endswith("weights only (no iter, no optimizer state)"), out
+    assert "optimizer state yes" not in out
+    code, out, _ = convert(capsys, "jaxgpt", converted, "nanogpt", tmp_path / "nano")
+    assert code == 0 and out.strip().endswith(f"iter {STEPS}, optimizer state yes"), out
+    code, out, _ = convert(capsys, "hf", tmp_path / "hf", "jaxgpt", tmp_path / "back")
+    assert code == 0 and out.strip().endswith("iter 0, optimizer state no"), out
+
+
 def test_hub_name_offline_is_one_line(tmp_path, capsys, monkeypatch):
     hub = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)

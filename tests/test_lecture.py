@@ -93,6 +93,25 @@ def test_table(lecture_output, text_file):
     assert rows[6][1] == "10,770,816" and rows[6][2] == "-" and rows[6][4] == "-"
     references = [r[3] for r in rows]
     assert references == ["2.4911", "2.4084", "2.2858", "2.2409", "2.0811", "2.0589", "~1.48 (GPU)"]
+    # the rows run with other settings than the lecture's are marked, and the text is named
+    assert [r[0].endswith(" *") for r in rows] == [True] * 6 + [False]
+    assert "* run with max_iters=100, eval_interval=50, eval_iters=8" in lecture_output
+    text_line = (
+        f"text: --input {text_file} (20,000 characters, vocab {vocab}); not tiny Shakespeare"
+    )
+    assert text_line in lecture_output
+
+
+def test_table_of_lecture_settings_has_no_marks():
+    stage = lecture.STAGES[0]
+    result = lecture.StageResult(stage.name, 4225, 2.5, 1.0, [], np.zeros(0))
+    splits = {"train": np.zeros(9, np.uint16), "val": np.zeros(1, np.uint16)}
+    text = lecture.Text(splits, 65, "--input input.txt", True)
+    table = lecture.format_table({1: result}, {"max_iters": 3000}, text)  # stage 1's own
+    assert table.splitlines()[0] == "text: --input input.txt (10 characters, vocab 65)"
+    assert "*" not in table
+    marked = lecture.format_table({1: result}, {"max_iters": 10}, text)
+    assert "| bigram * | 4,225 | 2.5000 |" in marked
 
 
 def test_every_stage_learns(lecture_output):

@@ -77,8 +77,8 @@ def test_option_parameters():
         (dict(mlp="gelu2"), "mlp='gelu2'"),
         (dict(n_kv_head=3), "n_kv_head=3 must divide n_head=4"),
         (dict(pos_encoding="rope", n_embd=36, n_head=4), "even head size"),
-        (dict(rope_theta=0.0), "rope_theta=0.0 is out of range"),
-        (dict(logit_softcap=-1.0), "logit_softcap=-1.0 is out of range"),
+        (dict(rope_theta=0.0), "rope_theta=0.0 must be > 0"),
+        (dict(logit_softcap=-1.0), "logit_softcap=-1.0 must be >= 0"),
     ],
 )
 def test_bad_options_are_one_line_errors(kw, fragment):

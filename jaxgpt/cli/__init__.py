@@ -9,6 +9,7 @@ command (they parse and wire; the work is done in the package).
     jaxgpt convert --from {hf,nanogpt,jaxgpt} SRC --to {hf,nanogpt,jaxgpt} DST [--meta PATH]
     jaxgpt lecture [--stages 1-6] [--input FILE] [--max_iters N] ...
     jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
+    jaxgpt COMMAND --help                      # train/bench: every config key (keyhelp.py)
 
 User mistakes (a bad key, missing data, an unknown character) end with one line on
 stderr and exit status 2; a run stopped by non-finite losses exits 1, one stopped by

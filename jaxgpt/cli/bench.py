@@ -3,22 +3,36 @@
 import json
 from pathlib import Path
 
+from jaxgpt.cli import keyhelp
 from jaxgpt.cli.train import split_config_file
 from jaxgpt.config import ConfigError
 
-BENCH_OPTIONS = {  # bench's own options and their defaults; other keys are TrainConfig's
-    "iters": 20,
-    "warmup": 3,
-    "real_data": False,
-    "vocab_size": 50304,
-    "profile": "",
-    "json": False,
-    "impl": "jax",
-    "compare": "",
-    "rounds": 3,
-    "plot": "",
-    "table": "",
+BENCH_OPTIONS = {  # bench's own options: (default, description); other keys are TrainConfig's
+    "iters": (20, "timed train steps (>= 1)"),
+    "warmup": (3, "untimed steps first, compilation included (>= 0)"),
+    "real_data": (False, "batches from the dataset (data_dir/dataset), not random tokens"),
+    "vocab_size": (50304, "vocabulary of the random-token batches (>= 1)"),
+    "profile": ("", "write a jax.profiler trace of the timed steps to this folder"),
+    "json": (False, "print the result as one JSON object"),
+    "impl": ("jax", "what to time: jax | torch | torch-compile"),
+    "compare": ("", "torch: alternate jax and PyTorch runs, print a markdown table"),
+    "rounds": (3, "--compare: alternating rounds (>= 1)"),
+    "plot": ("", "--compare: PNG of the loss curves"),
+    "table": ("", "--compare: also write the table to this markdown file"),
 }
+BENCH_RANGES = {"iters": 1, "warmup": 0, "vocab_size": 1, "rounds": 1}  # the least allowed
+USAGE = """usage: jaxgpt bench [CONFIG.py] [--key=value ...]
+
+Times the train step of the run CONFIG.py and the overrides describe (perf/bench.py), or
+compares it with PyTorch's. bench's own options (a bare --flag means True):"""
+
+
+def help_text() -> str:
+    rows = [
+        f"  --{key:<13} {type(d).__name__:<5}  {d!r:<7}  {text}"
+        for key, (d, text) in BENCH_OPTIONS.items()
+    ]
+    return "\n".join([USAGE, *rows, "", "and every training key:", keyhelp.keys_help()])
 
 
 def add_parser(sub) -> None:
@@ -34,14 +48,20 @@ def run(argv: list[str]) -> int:
     """jaxgpt bench [CONFIG.py] [--key=value ...] with bench options among the keys."""
     from jaxgpt.config import load_train_config, parse_value
 
-    opts, rest = dict(BENCH_OPTIONS), []
+    if keyhelp.wants_help(argv):
+        print(help_text())
+        return 0
+    opts, rest = {k: d for k, (d, _) in BENCH_OPTIONS.items()}, []
     for arg in argv:
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
         if key in BENCH_OPTIONS:
             text = arg.split("=", 1)[1] if "=" in arg else "True"
-            opts[key] = parse_value(type(BENCH_OPTIONS[key]), key, text)
+            opts[key] = parse_value(type(opts[key]), key, text)
         else:
             rest.append(arg)
+    for key, least in BENCH_RANGES.items():
+        if opts[key] < least:
+            raise ConfigError(f"--{key}={opts[key]} must be >= {least}")
     if opts["impl"] not in ("jax", "torch", "torch-compile"):
         raise ConfigError(f"--impl={opts['impl']}: use jax, torch or torch-compile")
     cfg = load_train_config(*split_config_file(rest))

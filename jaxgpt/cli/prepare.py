@@ -2,17 +2,22 @@
 
 import argparse
 
+from jaxgpt.cli.keyhelp import HELP_FORMAT
 from jaxgpt.data import DataError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenize a dataset into train.bin/val.bin/meta.json")
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize a dataset into train.bin/val.bin/meta.json",
+        formatter_class=HELP_FORMAT,
+    )
     p.add_argument("dataset", help="shakespeare_char | char | shakespeare | openwebtext")
     p.add_argument(
         "--input",
         help="local text file (openwebtext: a file, folder or glob of .txt/.jsonl documents)",
     )
-    p.add_argument("--data_dir", default="data", help="where datasets go (default: data)")
+    p.add_argument("--data_dir", default="data", help="where datasets go")
     p.add_argument("--name", help="dataset name under data_dir (required for `char`)")
     p.add_argument("--hf_dataset", help="openwebtext: a HF dataset name (default openwebtext)")
     p.add_argument("--num_proc", type=int, default=None, help="tokenizer processes")

@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jaxgpt.cli.keyhelp import HELP_FORMAT
 from jaxgpt.config import ConfigError
 from jaxgpt.data import DataError
 
@@ -17,16 +18,18 @@ def flag(value: str) -> bool:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a checkpoint")
-    p.add_argument("--out_dir", default="out", help="checkpoint folder (default: out)")
+    p = sub.add_parser(
+        "sample", help="generate text from a checkpoint", formatter_class=HELP_FORMAT
+    )
+    p.add_argument("--out_dir", default="out", help="checkpoint folder")
     p.add_argument("--init_from", default="resume", help="resume (out_dir) | gpt2* | HF directory")
     p.add_argument("--start", default="\n", help="prompt text, or FILE:path")
-    p.add_argument("--num_samples", type=int, default=10)
-    p.add_argument("--max_new_tokens", type=int, default=500)
+    p.add_argument("--num_samples", type=int, default=10, help="samples to draw")
+    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200, help="0 = no top-k filtering")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed")
     p.add_argument("--stop", action="append", help="stop a sample at this text (repeatable)")
     p.add_argument("--stop_token", action="append", type=int, help="stop a sample at this token id")
     p.add_argument(

@@ -1,6 +1,13 @@
-"""`jaxgpt train [CONFIG.py] [--key=value ...]`: nanoGPT's train.py (loop.py does the work)."""
+"""`jaxgpt train [CONFIG.py] [--key=value ...]`: nanoGPT's train.py (loop.py does the work).
 
-from jaxgpt.config import TrainConfig
+The config is checked whole (config.py) before anything is written: a bad value is one
+line and exit 2, with no out_dir created. `-h`/`--help` lists every key (keyhelp.py).
+"""
+
+from pathlib import Path
+
+from jaxgpt.cli import keyhelp
+from jaxgpt.config import ConfigError, TrainConfig
 
 SPECIAL_INITS = ("scratch", "resume")
 
@@ -16,21 +23,43 @@ def split_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+USAGE = """usage: jaxgpt train [CONFIG.py] [--key=value ...]
+
+nanoGPT's train.py: TrainConfig's defaults, then the `config` dict of CONFIG.py (an
+experiments/*.py file), then the --key=value overrides. Every key, its type, default,
+description and allowed values:"""
+
+
+def help_text() -> str:
+    return USAGE + "\n" + keyhelp.keys_help()
+
+
 def load_pretrained(cfg: TrainConfig):
-    """The loader loop.setup takes for init_from=gpt2*|DIR: the weights come from interop."""
+    """The loader loop.setup takes for init_from=gpt2*|DIR: the weights come from interop.
+    An init_from that is none of scratch, resume, a GPT-2 name or a folder is refused here,
+    before loop.setup creates out_dir."""
     if cfg.init_from in SPECIAL_INITS:
         return None
     from jaxgpt.interop import hf
 
+    if cfg.init_from not in hf.GPT2_MODELS and not Path(cfg.init_from).is_dir():
+        raise ConfigError(
+            f"init_from={cfg.init_from!r}: choose scratch, resume, one of "
+            f"{', '.join(hf.GPT2_MODELS)} or a Hugging Face model directory"
+        )
     return hf.run_weights
 
 
 def run(argv: list[str]) -> int:
+    if keyhelp.wants_help(argv):
+        print(help_text())
+        return 0
     from jaxgpt.config import load_train_config
 
     cfg = load_train_config(*split_config_file(argv))
+    pretrained = load_pretrained(cfg)
     from jaxgpt import loop
 
-    run = loop.setup(cfg, load_pretrained(cfg))
+    run = loop.setup(cfg, pretrained)
     loop.train_loop(run)
     return loop.exit_code(run)

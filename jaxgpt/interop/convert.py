@@ -6,6 +6,8 @@ reader returns a Bundle (bundle.py): the parameters in jaxgpt's layout with the 
 tokenizer, and the run's progress and AdamW state where the format has them (an
 optimizer=muon state goes only from one jaxgpt checkpoint to another). A jaxgpt checkpoint
 written here is one `jaxgpt sample --out_dir` and `jaxgpt train --init_from=resume` take.
+Nothing is written over: a destination that is a file or a folder with files in it is
+refused before the source is read.
 """
 
 import dataclasses
@@ -39,27 +41,56 @@ def read(kind: str, src: str, meta: str | None = None) -> Bundle:
     raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
 
 
-def write(bundle: Bundle, kind: str, dst: str) -> Path:
+def write(bundle: Bundle, kind: str, dst: str) -> tuple[Path, bool]:
+    """Write bundle as `kind` at dst; returns (the path written, whether an optimizer state
+    was written with the weights)."""
     if kind == "hf":
         from jaxgpt.interop import hf
 
-        return hf.save_dir(bundle, dst)
+        return hf.save_dir(bundle, dst), False  # a HF directory holds the model only
     if kind == "nanogpt":
         from jaxgpt.interop import nanogpt
 
-        return nanogpt.save(bundle, dst)
+        return nanogpt.save(bundle, dst), bundle.moments is not None  # torch AdamW's only
     if kind == "jaxgpt":
         return save_checkpoint(bundle, dst)
     raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
 
 
+def check_destination(kind: str, dst: str) -> None:
+    """Nothing is written over: dst must be a new or empty folder, or for nanogpt a new
+    ckpt.pt path with no meta.pkl beside it. Checked before the source is read."""
+    path = Path(dst)
+    if kind == "nanogpt" and path.suffix == ".pt" and not path.is_dir():
+        for existing in (path, path.parent / "meta.pkl"):
+            if existing.exists():
+                raise ConvertError(f"{existing} already exists; choose another destination")
+        path = path.parent  # may hold other files
+        if path.exists() and not path.is_dir():
+            raise ConvertError(f"{path} is a file, not a folder; choose another destination")
+        return
+    if path.exists() and not path.is_dir():
+        raise ConvertError(f"destination {dst} is a file, not a folder; choose a new folder")
+    if path.is_dir() and any(path.iterdir()):
+        n = sum(1 for _ in path.iterdir())
+        raise ConvertError(
+            f"destination {dst} already holds {n} file(s); choose a new or empty folder"
+        )
+
+
 def convert(src_kind: str, src: str, dst_kind: str, dst: str, meta: str | None = None):
     """Read src, write dst; returns (the Bundle, the path written)."""
+    return convert_reporting(src_kind, src, dst_kind, dst, meta)[:2]
+
+
+def convert_reporting(src_kind: str, src: str, dst_kind: str, dst: str, meta: str | None = None):
+    """convert, also returning whether an optimizer state was written with the weights."""
     for kind in (src_kind, dst_kind):
         if kind not in FORMATS:
             raise ConvertError(f"unknown format {kind!r}: use one of {', '.join(FORMATS)}")
+    check_destination(dst_kind, dst)
     bundle = read(src_kind, src, meta)
-    return bundle, write(bundle, dst_kind, dst)
+    return bundle, *write(bundle, dst_kind, dst)
 
 
 def _is_part(s) -> bool:
@@ -143,8 +174,9 @@ def _same_shapes(a, b) -> bool:
     return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
 
 
-def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
-    """Write bundle as checkpoint iter_num of a jaxgpt out_dir."""
+def save_checkpoint(bundle: Bundle, out_dir: str) -> tuple[Path, bool]:
+    """Write bundle as checkpoint iter_num of a jaxgpt out_dir; returns (out_dir, whether
+    the source's optimizer state went with it; else the state is a fresh one)."""
     if checkpoint.latest_step(out_dir) is not None:
         raise ConvertError(f"{out_dir} already holds a checkpoint; choose an empty folder")
     run = _run_for(bundle, out_dir)
@@ -155,11 +187,14 @@ def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
     tx = train.make_optimizer(run)
     state = train.init_state(jax.tree.map(jnp.asarray, params), tx)
     state = state.replace(step=jnp.asarray(bundle.iter_num, jnp.int32))
+    carried = False
     if bundle.opt_state is not None and _same_shapes(bundle.opt_state, state.opt_state):
         state = state.replace(opt_state=jax.tree.map(jnp.asarray, bundle.opt_state))
+        carried = True
     elif bundle.opt_state is not None:
         bundle.notes.append("the optimizer state does not fit this model's layout: not carried")
     elif bundle.moments is not None:
+        carried = True
         moments = bundle.moments
         if config.scan_layers:
             moments = Moments(
@@ -179,4 +214,4 @@ def save_checkpoint(bundle: Bundle, out_dir: str) -> Path:
     checkpoint.save(mngr, bundle.iter_num, state, meta)
     mngr.wait_until_finished()
     mngr.close()
-    return Path(out_dir)
+    return Path(out_dir), carried

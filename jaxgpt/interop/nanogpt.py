@@ -130,11 +130,14 @@ def write_meta(tokenizer: dict, path: Path) -> None:
 def _run_config(nanogpt_config: dict, config) -> dict:
     """nanoGPT's train.py globals -> TrainConfig fields (keys jaxgpt lacks are dropped)."""
     cfg = TrainConfig()
-    for key, value in nanogpt_config.items():
-        try:
-            cfg = apply_overrides(cfg, {key: value})
-        except ConfigError:
-            continue
+    try:  # all at once: keys checked against each other (warmup_iters <= lr_decay_iters)
+        cfg = apply_overrides(cfg, {k: v for k, v in nanogpt_config.items() if k in to_dict(cfg)})
+    except ConfigError:  # else each key that fits on its own
+        for key, value in nanogpt_config.items():
+            try:
+                cfg = apply_overrides(cfg, {key: value})
+            except ConfigError:
+                continue
     if not nanogpt_config:  # no run config saved: describe the model
         cfg = dataclasses.replace(cfg, **{k: getattr(config, k) for k in _SHAPE})
     return to_dict(cfg)

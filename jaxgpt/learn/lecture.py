@@ -2,13 +2,15 @@
 on both splits, and tabled against the lecture's own validation losses.
 
 The text is tiny Shakespeare's characters (--input, $JAXGPT_SHAKESPEARE, the prepared
-dataset or a download), split 90/10. Training and evaluation reuse the project's code:
+dataset or a download), split 90/10; the table names the text it used and marks the rows
+run with settings other than the lecture's. Training and evaluation reuse the project's code:
 data.get_batch for the batches, train.train_steps (several steps per compiled call,
 lax.scan) and train.eval_loss.
 """
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 
@@ -68,20 +70,54 @@ def count_params(stage: Stage, vocab_size: int = 65) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes))
 
 
-def load_splits(input_path: str | None, data_dir: str) -> tuple[dict[str, np.ndarray], int]:
-    """Tiny Shakespeare characters as ({train, val} token arrays, vocab_size), split 90/10:
-    from --input or $JAXGPT_SHAKESPEARE, else the dataset `jaxgpt prepare shakespeare_char`
-    wrote to data_dir, else prepare's cache or download."""
+@dataclasses.dataclass
+class Text:
+    """The lecture's text as token splits, and where it came from (printed with the table)."""
+
+    splits: dict  # {train, val}: uint16 token arrays, 90/10
+    vocab_size: int
+    source: str  # e.g. "--input input.txt", "data/shakespeare_char (jaxgpt prepare ...)"
+    tiny_shakespeare: bool  # whether it is the lecture's text (its sha256)
+
+
+def find_text(input_path: str | None, data_dir: str) -> tuple[str, str, str]:
+    """Tiny Shakespeare as (text, where it came from, the path or address read): --input,
+    else $JAXGPT_SHAKESPEARE, else the dataset `jaxgpt prepare shakespeare_char` wrote to
+    data_dir (decoded), else prepare's cache or a download. The notebook finds it so too."""
     dataset = "shakespeare_char"
-    prepared = data.dataset_dir(data_dir, dataset) / "meta.json"
-    if not input_path and not os.environ.get(chars.SHAKESPEARE_ENV) and prepared.is_file():
-        vocab = data.load_meta(data_dir, dataset)["vocab_size"]
-        return {s: data.load_split(data_dir, dataset, s, vocab) for s in data.SPLITS}, vocab
-    text = chars.shakespeare_text(input_path)
+    prepared = data.dataset_dir(data_dir, dataset)
+    env = os.environ.get(chars.SHAKESPEARE_ENV)
+    if input_path:
+        return chars.read_text(input_path), f"--input {input_path}", input_path
+    if env:
+        return chars.read_text(env), f"${chars.SHAKESPEARE_ENV}={env}", env
+    if (prepared / "meta.json").is_file():
+        meta = data.load_meta(data_dir, dataset)
+        if meta["kind"] != "char":
+            raise data.DataError(f"{prepared} is not a character dataset: pass --input FILE")
+        tok = CharTokenizer(meta["chars"])
+        parts = (
+            data.load_split(data_dir, dataset, s, meta["vocab_size"], meta.get(f"{s}_tokens"))
+            for s in data.SPLITS
+        )
+        text = "".join(tok.decode(p) for p in parts)
+        return text, f"{prepared} (jaxgpt prepare shakespeare_char)", str(prepared)
+    cached = chars.cache_dir() / "tinyshakespeare.txt"
+    if cached.is_file():
+        source, path = f"tiny Shakespeare cached at {cached}", str(cached)
+    else:
+        source, path = f"tiny Shakespeare from {chars.SHAKESPEARE_URL}", chars.SHAKESPEARE_URL
+    return chars.shakespeare_text(None), source, path
+
+
+def load_text(input_path: str | None, data_dir: str) -> Text:
+    """The lecture's text (find_text) as character tokens, split 90/10."""
+    text, source, _ = find_text(input_path, data_dir)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     tok = CharTokenizer.from_text(text)
     parts = chars.split_text(text)
     splits = {s: np.array(tok.encode(p), np.uint16) for s, p in zip(data.SPLITS, parts)}
-    return splits, tok.vocab_size
+    return Text(splits, tok.vocab_size, source, digest == chars.SHAKESPEARE_SHA256)
 
 
 def _log(line: str) -> None:
@@ -155,23 +191,51 @@ def train_stage(
     )
 
 
-def format_table(results: dict[int, StageResult]) -> str:
-    """The markdown table of every stage; stages not run show their size and reference."""
-    lines = ["| stage | params | val loss | reference | seconds |", "|---|---:|---:|---:|---:|"]
+MARK = " *"  # after the name of a stage run with settings other than the lecture's
+
+
+def changed_settings(stage: Stage, overrides: dict | None) -> dict:
+    """The overrides that differ from the stage's lecture settings."""
+    lecture_cfg = stage_config(stage)
+    return {k: v for k, v in (overrides or {}).items() if getattr(lecture_cfg, k) != v}
+
+
+def format_table(
+    results: dict[int, StageResult], overrides: dict | None = None, text: Text | None = None
+) -> str:
+    """The markdown table of every stage; stages not run show their size and reference.
+    Above it: the text used, and the settings of rows marked with MARK."""
+    lines = []
+    if text is not None:
+        n = sum(len(s) for s in text.splits.values())
+        line = f"text: {text.source} ({n:,} characters, vocab {text.vocab_size})"
+        if not text.tiny_shakespeare:
+            line += "; not tiny Shakespeare: the reference column is tiny Shakespeare's"
+        lines.append(line)
+    marked = {i for i in results if changed_settings(STAGES[i - 1], overrides)}
+    if marked:
+        settings = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        lines.append(f"{MARK.strip()} run with {settings}, not the lecture's settings")
+    lines += ["| stage | params | val loss | reference | seconds |", "|---|---:|---:|---:|---:|"]
     for i, stage in enumerate(STAGES, start=1):
         r = results.get(i)
         params = r.params if r else count_params(stage)
         loss, secs = (f"{r.val_loss:.4f}", f"{r.seconds:.0f}") if r else ("-", "-")
-        lines.append(f"| {stage.name} | {params:,} | {loss} | {stage.reference} | {secs} |")
+        name = stage.name + (MARK if i in marked else "")
+        lines.append(f"| {name} | {params:,} | {loss} | {stage.reference} | {secs} |")
     return "\n".join(lines)
 
 
 def run_lecture(
     stages: list[int], input_path: str | None, data_dir: str, overrides: dict, log=_log
-) -> dict[int, StageResult]:
-    splits, vocab = load_splits(input_path, data_dir)
+) -> tuple[dict[int, StageResult], Text]:
+    text = load_text(input_path, data_dir)
+    log(f"text: {text.source}")
     for s in stages:
         block = stage_config(STAGES[s - 1], overrides).block_size
-        if min(len(d) for d in splits.values()) <= block:
+        if min(len(d) for d in text.splits.values()) <= block:
             raise data.DataError(f"the text is too short for stage {s}'s block_size {block}")
-    return {s: train_stage(STAGES[s - 1], splits, vocab, overrides, log) for s in stages}
+    results = {
+        s: train_stage(STAGES[s - 1], text.splits, text.vocab_size, overrides, log) for s in stages
+    }
+    return results, text
