@@ -197,12 +197,9 @@ class TrainConfig:
             raise ConfigError(
                 f"mesh {mesh}: at most one of mesh_data, mesh_fsdp, mesh_tensor may be -1"
             )
-        if self.coordinator_address and not 0 <= self.process_id < self.num_processes:
-            raise ConfigError(
-                f"coordinator_address needs num_processes >= 1 and 0 <= process_id < "
-                f"num_processes (got num_processes={self.num_processes}, "
-                f"process_id={self.process_id})"
-            )
+        # coordinator_address with num_processes and process_id: sharding.init_distributed
+        # checks them, first thing in loop.setup (a config is often built before its
+        # process_id is known, one per process)
         self.model_config(self.vocab_size or 1)  # the model's own checks (n_embd % n_head, ...)
 
     def model_config(self, vocab_size: int) -> GPTConfig:

@@ -97,7 +97,6 @@ def test_lowest_allowed_value_is_accepted(key):
             "warmup_iters=100 must be <= lr_decay_iters=50",
         ),
         (dict(mesh_data=-1, mesh_tensor=-1), "at most one of mesh_data, mesh_fsdp, mesh_tensor"),
-        (dict(coordinator_address="h:1", num_processes=2, process_id=2), "process_id=2"),
         (dict(n_embd=130, n_head=4), "n_embd=130 is not divisible by n_head=4"),
         (dict(n_kv_head=5), "n_kv_head=5 must divide n_head=12"),
         (dict(pos_encoding="rope", n_embd=36, n_head=4), "even head size"),
