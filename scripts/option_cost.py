@@ -1,0 +1,98 @@
+"""What each model option costs per step, against the nanoGPT model of the same shape.
+
+    python scripts/option_cost.py [CONFIG] [--key=value ...] [--rounds=N]
+
+CONFIG defaults to experiments/speedrun_char_cpu.py. The base is that shape with nanoGPT's
+blocks and optimizer (learned positions, LayerNorm, GELU, no QK-norm, AdamW); each row adds
+one of the recipe's techniques to the base, and the last row is the recipe itself. In one
+process, alternating blocks of 10 compiled train steps round by round (base, +rope, ...,
+recipe, base, ...), synthetic tokens. Prints a markdown table: median ms per step, the
+median of the paired ratios to the base, and the FLOPs XLA counts in the compiled step
+(forward, backward and update) with their ratio to the base: a technique should not cost
+more time per step than its arithmetic adds. tcmalloc is preloaded as the jaxgpt command
+does.
+"""
+
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxgpt import sharding, train
+from jaxgpt.config import load_train_config
+from jaxgpt.perf import cpu
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "experiments" / "speedrun_char_cpu.py")
+NANOGPT = dict(pos_encoding="learned", norm="layernorm", mlp="gelu", qk_norm=False)
+NANOGPT |= dict(optimizer="adamw")
+TECHNIQUES = {  # the recipe's value of each key the base sets
+    "+ rope": "pos_encoding",
+    "+ rmsnorm": "norm",
+    "+ relu2": "mlp",
+    "+ qk_norm": "qk_norm",
+    "+ muon": "optimizer",
+}
+
+
+def variants(recipe) -> dict:
+    base = dataclasses.replace(recipe, **NANOGPT)
+    rows = {"nanoGPT blocks, AdamW (base)": base}
+    for name, key in TECHNIQUES.items():
+        rows[name] = dataclasses.replace(base, **{key: getattr(recipe, key)})
+    rows["recipe (all of them)"] = recipe
+    return rows
+
+
+def compiled_step(cfg, vocab: int):
+    """(a call running one step, the GFLOP XLA counts in the compiled step)."""
+    tx = train.make_optimizer(cfg)
+    mesh = sharding.make_mesh(cfg)
+    model_cfg = cfg.model_config(vocab)
+    step = train.make_train_step(model_cfg, cfg, tx, mesh, ahead=True)
+    state = [train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))]
+    shape = (cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size + 1)
+    batch = np.random.default_rng(0).integers(0, vocab, shape, dtype=np.int32)
+
+    def run():
+        state[0], metrics = step(state[0], batch)
+        return metrics["loss"]
+
+    return run, step.cost_analysis()["flops"] / 1e9
+
+
+def main(argv: list[str]) -> None:
+    cpu.use_tcmalloc()  # the allocator `jaxgpt bench` runs with (re-executes this script)
+    rounds = int(next((a.split("=")[1] for a in argv if a.startswith("--rounds=")), 10))
+    argv = [a for a in argv if not a.startswith("--rounds=")]
+    config_file = argv[0] if argv and not argv[0].startswith("--") else RECIPE
+    overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
+    recipe = load_train_config(config_file, overrides)
+    vocab = recipe.vocab_size or 65  # shakespeare_char's characters
+    steps = {name: compiled_step(cfg, vocab) for name, cfg in variants(recipe).items()}
+    for run, _ in steps.values():
+        for _ in range(3):
+            jax.block_until_ready(run())
+    ms = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, (run, _) in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(10):
+                out = run()
+            jax.block_until_ready(out)
+            ms[name].append((time.perf_counter() - t0) / 10 * 1000)
+    base = next(iter(steps))
+    print(f"{rounds} rounds of 10 steps each; {config_file}, vocab {vocab}")
+    print("| model | ms/step (median) | time / base | GFLOP/step (XLA) | GFLOP / base |")
+    print("|---|---|---|---|---|")
+    for name, (_, gflop) in steps.items():
+        ratio = statistics.median(a / b for a, b in zip(ms[name], ms[base]))
+        row = f"| {name} | {statistics.median(ms[name]):.2f} | {ratio:.3f} | {gflop:.3f} |"
+        print(f"{row} {gflop / steps[base][1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
