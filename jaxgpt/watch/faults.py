@@ -10,12 +10,23 @@
   finite (train.py); the watch reads those flags one call late (so the host never waits on
   the step in flight), reports each skip, and stops the run after max_nonfinite_steps
   consecutive ones.
+- `SaveError`: a checkpoint write that failed with an OS error (a full disk, a quota, a
+  lost mount): `io_failure` recognises one in what orbax raises; the loop stops at once.
+- `held_orbax_logs`: orbax logs each failure it raises (tracebacks from its background
+  threads, hundreds of lines for one full disk); the CLI holds orbax's warnings and
+  errors back and drops them when it reports the failure in one line itself.
 - Test hooks, read from the environment, no cost when unset: JAXGPT_FAULT_NAN_ITERS=7,8
-  poisons those iterations' training batches so their loss is NaN; and
-  JAXGPT_FAULT_KILL_IN_SAVE=20 SIGKILLs the process while checkpoint 20 is being written.
+  poisons those iterations' training batches so their loss is NaN;
+  JAXGPT_FAULT_KILL_IN_SAVE=20 SIGKILLs the process while checkpoint 20 is being written;
+  JAXGPT_FAULT_SAVE_OSERROR=20 makes the write of checkpoint 20 fail with ENOSPC (No space
+  left on device) inside orbax's background commit, where a full disk fails it.
 """
 
+import contextlib
+import errno
+import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -25,10 +36,66 @@ import numpy as np
 
 NAN_ITERS_ENV = "JAXGPT_FAULT_NAN_ITERS"
 KILL_IN_SAVE_ENV = "JAXGPT_FAULT_KILL_IN_SAVE"
+SAVE_OSERROR_ENV = "JAXGPT_FAULT_SAVE_OSERROR"
+EX_IOERR = 74  # sysexits.h: an I/O error, the exit status of a failed save
 
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps; the CLI prints it as one line, exit 1."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (an OS error); one line, exit 74 (EX_IOERR)."""
+
+
+def io_failure(e: BaseException) -> OSError | None:
+    """The OS error behind an exception orbax raised from a save, or None when there is
+    none (a bug, not the disk). tensorstore, which writes the arrays, raises ValueError
+    with the error code in its text (`[os_error_code='28']`)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code:
+            n = int(code.group(1))
+            return OSError(n, os.strerror(n))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _OrbaxLogs(logging.Filter):
+    """Holds back orbax's warnings and errors (absl logger) instead of printing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and f"{os.sep}orbax{os.sep}" in record.pathname:
+            self.held.append(record)
+            return False
+        return True
+
+    def drop(self) -> None:
+        self.held.clear()
+
+
+@contextlib.contextmanager
+def held_orbax_logs():
+    """While the CLI runs a command, orbax's warnings and errors are held back; they are
+    printed at the end unless the command ended in an error jaxgpt reported in one line
+    (`drop()`), which orbax's log lines only repeat as tracebacks."""
+    logger = logging.getLogger("absl")
+    logs = _OrbaxLogs()
+    logger.addFilter(logs)
+    try:
+        yield logs
+    finally:
+        logger.removeFilter(logs)
+        for record in logs.held:
+            logger.handle(record)
 
 
 class StopSignals:
@@ -160,3 +227,19 @@ def kill_in_save(step: int, directory: Path) -> None:
             break
         time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _FullDisk(dict):
+    """A meta dict whose JSON encoding fails as a write to a full disk does. orbax encodes
+    and writes it in its background commit thread, so the error takes a real failed
+    write's path: logged there, raised by wait_until_finished or the next save, the step
+    left as a temporary folder and the older steps kept."""
+
+    def items(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def full_disk(step: int, meta: dict) -> dict:
+    """Test hook: at the step in $JAXGPT_FAULT_SAVE_OSERROR the checkpoint write fails
+    with ENOSPC."""
+    return _FullDisk(meta) if step in _env_steps(SAVE_OSERROR_ENV) else meta
