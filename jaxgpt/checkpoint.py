@@ -22,11 +22,11 @@ class CheckpointError(ValueError):
 
 def manager(out_dir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
     """create=True: the writer (it holds out_dir's lock, watch/lock.py); create=False: a
-    reader, read_only, which never removes a running writer's temporary folders."""
+    reader, which never removes a running writer's temporary folders (orbax's read_only
+    would say so too, but logs three warnings per manager)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=create,
-        read_only=not create,
         cleanup_tmp_directories=create,
         enable_async_checkpointing=True,
     )

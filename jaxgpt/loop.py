@@ -18,6 +18,7 @@ import functools
 import shutil
 import signal
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -332,8 +333,8 @@ def train_loop(run: Run) -> dict:
                     rep.eval(run.iter_num, losses)
                     if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
                         run.best_val_loss = min(run.best_val_loss, losses["val"])
-                        if run.iter_num > 0 and mngr is not None:
-                            save(run.iter_num)
+                        if run.iter_num > 0 and mngr is not None and saved != run.iter_num:
+                            save(run.iter_num)  # (a resume's first step is saved already)
                 if cfg.eval_only or run.iter_num >= cfg.max_iters:
                     break
                 if stop.requested():
@@ -400,7 +401,7 @@ def _save_errors(run: Run, mngr, step: int):
             need = sum(x.nbytes for x in jax.tree.leaves(run.state))
             with contextlib.suppress(OSError):
                 free = shutil.disk_usage(out_dir).free
-                reason += f" ({free / 1e6:.1f} MB free, the checkpoint needs ~{need / 1e6:.1f} MB)"
+                reason += f" ({_size(free)} free, the checkpoint needs ~{_size(need)})"
         last = mngr.latest_step()
         keeps = f"checkpoint {last} (the last good one)" if last is not None else "no checkpoint"
         raise faults.SaveError(
@@ -410,16 +411,25 @@ def _save_errors(run: Run, mngr, step: int):
         ) from None
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
 def _close(mngr) -> None:
-    """Close a CheckpointManager even after a failed save, so no orbax thread outlives the
-    run: orbax raises a failed save's error once from each place that kept it (its
-    finalize thread, its async writer), the first already reported."""
+    """Close a CheckpointManager even after a failed save, so that no orbax thread outlives
+    the run (at interpreter shutdown they fail with tracebacks): orbax raises a failed
+    save's error once from each place that kept it (its finalize thread, its async
+    writer), the first already reported; and it stops waiting for a save's writer threads
+    at the first error, so the others are joined here (orbax has no call for that)."""
     for _ in range(3):
         try:
             mngr.close()
-            return
+            break
         except Exception:
             continue
+    for t in threading.enumerate():
+        if type(t).__module__.startswith("orbax.") and t is not threading.current_thread():
+            t.join(timeout=120)
 
 
 def _ckpt_meta(run: Run, iter_num: int) -> dict:

@@ -87,7 +87,9 @@ def held_orbax_logs():
     """While the CLI runs a command, orbax's warnings and errors are held back; they are
     printed at the end unless the command ended in an error jaxgpt reported in one line
     (`drop()`), which orbax's log lines only repeat as tracebacks."""
-    logger = logging.getLogger("absl")
+    from absl import logging as absl_logging  # light; its logger must exist before orbax's
+
+    logger = absl_logging.get_absl_logger()
     logs = _OrbaxLogs()
     logger.addFilter(logs)
     try:
