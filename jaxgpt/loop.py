@@ -286,16 +286,21 @@ def train_loop(run: Run) -> dict:
     at the step where the failure surfaces (orbax saves in the background: it is polled
     every step), with the checkpoints already saved untouched."""
     cfg, k = run.cfg, run.cfg.steps_per_call
+    mngr = None
     try:
         steps = run.steps or compile_steps(cfg, run.model_cfg, run.tx, run.mesh)
         step_fn, eval_fn = (f.result() for f in steps)
         evals = eval_batches(run)
-        mngr = None if cfg.eval_only else checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints)
+        if not cfg.eval_only:
+            mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints)
+        n_params = num_params(run.state.params, run.model_cfg)
+        with _write_errors(run, "metrics.jsonl"):
+            rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
     except BaseException:
+        if mngr is not None:
+            _close(mngr)
         _release(run)
         raise
-    n_params = num_params(run.state.params, run.model_cfg)
-    rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
     watch = faults.NonFiniteWatch(cfg.max_nonfinite_steps, run.skipped, rep.skip)
     losses, saved = {}, run.iter_num if cfg.init_from == "resume" else None
     writing = None  # the step of the save in progress
@@ -325,7 +330,7 @@ def train_loop(run: Run) -> dict:
             mngr.wait_until_finished()
 
     try:
-        with faults.StopSignals(jax.process_count() > 1) as stop:
+        with faults.StopSignals(jax.process_count() > 1) as stop, _write_errors(run, "the logs"):
             while True:
                 if run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters:
                     watch.flush()
@@ -408,6 +413,20 @@ def _save_errors(run: Run, mngr, step: int):
             f"saving checkpoint {step} to {out_dir} failed: {reason}; training stopped at iter "
             f"{run.iter_num}; {out_dir} keeps {keeps}: free space or fix the disk, then "
             "--init_from=resume"
+        ) from None
+
+
+@contextlib.contextmanager
+def _write_errors(run: Run, what: str):
+    """An OS error writing the run's other files (metrics.jsonl, TensorBoard events) into
+    out_dir stops the run as a failed save does: one line, exit 74."""
+    try:
+        yield
+    except OSError as e:
+        reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
+        raise faults.SaveError(
+            f"writing {what} to {run.cfg.out_dir} failed: {reason}; training stopped at iter "
+            f"{run.iter_num}: free space or fix the disk, then --init_from=resume"
         ) from None
 
 

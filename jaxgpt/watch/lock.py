@@ -64,7 +64,10 @@ class OutDirLock:
         self.file = None
 
     def acquire(self) -> "OutDirLock":
-        f = open(self.path, "a+", encoding="utf-8")  # never truncates the holder's name
+        try:
+            f = open(self.path, "a+", encoding="utf-8")  # never truncates the holder's name
+        except OSError as e:
+            raise OutDirBusy(f"cannot open the lock file {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
