@@ -8,17 +8,16 @@ loop at k and continues exactly as an uninterrupted run would.
 
 Faults (watch/faults.py): SIGTERM/SIGINT saves a checkpoint at the current step and stops; an
 update with a non-finite loss or gradient is skipped inside the compiled step, and
-max_nonfinite_steps of them in a row stop the run. Reporting is watch/metrics.py's.
+max_nonfinite_steps of them in a row stop the run; a checkpoint that cannot be written
+stops it at once (SaveError, exit 74). A writing run holds out_dir's lock (watch/lock.py)
+from setup to the end of train_loop. Reporting is watch/metrics.py's.
 """
 
 import contextlib
 import dataclasses
-import errno
 import functools
-import shutil
 import signal
 import tempfile
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -294,11 +293,11 @@ def train_loop(run: Run) -> dict:
         if not cfg.eval_only:
             mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints)
         n_params = num_params(run.state.params, run.model_cfg)
-        with _write_errors(run, "metrics.jsonl"):
+        with faults.write_errors(run, "metrics.jsonl"):
             rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
     except BaseException:
         if mngr is not None:
-            _close(mngr)
+            faults.close_manager(mngr)
         _release(run)
         raise
     watch = faults.NonFiniteWatch(cfg.max_nonfinite_steps, run.skipped, rep.skip)
@@ -317,7 +316,7 @@ def train_loop(run: Run) -> dict:
         rep.write(f"saving checkpoint to {cfg.out_dir}")
         meta = faults.full_disk(iter_num, _ckpt_meta(run, iter_num))  # a test hook
         writing = iter_num
-        with _save_errors(run, mngr, iter_num):
+        with faults.save_errors(run, mngr, iter_num):
             checkpoint.save(mngr, iter_num, run.state, meta)
 
     def finish_save(wait: bool) -> None:
@@ -326,11 +325,14 @@ def train_loop(run: Run) -> dict:
         if writing is None or (not wait and mngr.is_saving_in_progress()):
             return
         step, writing = writing, None
-        with _save_errors(run, mngr, step):
+        with faults.save_errors(run, mngr, step):
             mngr.wait_until_finished()
 
     try:
-        with faults.StopSignals(jax.process_count() > 1) as stop, _write_errors(run, "the logs"):
+        with (
+            faults.StopSignals(jax.process_count() > 1) as stop,
+            faults.write_errors(run, "the logs"),
+        ):
             while True:
                 if run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters:
                     watch.flush()
@@ -377,7 +379,7 @@ def train_loop(run: Run) -> dict:
     finally:
         run.skipped = watch.skipped
         if mngr is not None:
-            _close(mngr)
+            faults.close_manager(mngr)
         with contextlib.suppress(OSError):
             rep.close()
         _release(run)
@@ -388,67 +390,6 @@ def _release(run: Run) -> None:
     if run.out_dir_lock is not None:
         run.out_dir_lock.release()
         run.out_dir_lock = None
-
-
-@contextlib.contextmanager
-def _save_errors(run: Run, mngr, step: int):
-    """Turn an OS error out of orbax's save of `step` into one line: what failed, where,
-    the space it needed when the disk is full, and the checkpoint that is the last good."""
-    try:
-        yield
-    except Exception as e:
-        os_error = faults.io_failure(e)
-        if os_error is None:
-            raise
-        out_dir = run.cfg.out_dir
-        reason = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error.errno else str(e)
-        if os_error.errno in (errno.ENOSPC, errno.EDQUOT):
-            need = sum(x.nbytes for x in jax.tree.leaves(run.state))
-            with contextlib.suppress(OSError):
-                free = shutil.disk_usage(out_dir).free
-                reason += f" ({_size(free)} free, the checkpoint needs ~{_size(need)})"
-        last = mngr.latest_step()
-        keeps = f"checkpoint {last} (the last good one)" if last is not None else "no checkpoint"
-        raise faults.SaveError(
-            f"saving checkpoint {step} to {out_dir} failed: {reason}; training stopped at iter "
-            f"{run.iter_num}; {out_dir} keeps {keeps}: free space or fix the disk, then "
-            "--init_from=resume"
-        ) from None
-
-
-@contextlib.contextmanager
-def _write_errors(run: Run, what: str):
-    """An OS error writing the run's other files (metrics.jsonl, TensorBoard events) into
-    out_dir stops the run as a failed save does: one line, exit 74."""
-    try:
-        yield
-    except OSError as e:
-        reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
-        raise faults.SaveError(
-            f"writing {what} to {run.cfg.out_dir} failed: {reason}; training stopped at iter "
-            f"{run.iter_num}: free space or fix the disk, then --init_from=resume"
-        ) from None
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
-def _close(mngr) -> None:
-    """Close a CheckpointManager even after a failed save, so that no orbax thread outlives
-    the run (at interpreter shutdown they fail with tracebacks): orbax raises a failed
-    save's error once from each place that kept it (its finalize thread, its async
-    writer), the first already reported; and it stops waiting for a save's writer threads
-    at the first error, so the others are joined here (orbax has no call for that)."""
-    for _ in range(3):
-        try:
-            mngr.close()
-            break
-        except Exception:
-            continue
-    for t in threading.enumerate():
-        if type(t).__module__.startswith("orbax.") and t is not threading.current_thread():
-            t.join(timeout=120)
 
 
 def _ckpt_meta(run: Run, iter_num: int) -> dict:

@@ -11,7 +11,9 @@
   the step in flight), reports each skip, and stops the run after max_nonfinite_steps
   consecutive ones.
 - `SaveError`: a checkpoint write that failed with an OS error (a full disk, a quota, a
-  lost mount): `io_failure` recognises one in what orbax raises; the loop stops at once.
+  lost mount): `io_failure` recognises one in what orbax raises, `save_errors` turns it
+  into one line (the step, out_dir, the space, the last good checkpoint), the loop stops
+  at once and `close_manager` shuts orbax down without a thread left running.
 - `held_orbax_logs`: orbax logs each failure it raises (tracebacks from its background
   threads, hundreds of lines for one full disk); the CLI holds orbax's warnings and
   errors back and drops them when it reports the failure in one line itself.
@@ -27,8 +29,10 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +67,69 @@ def io_failure(e: BaseException) -> OSError | None:
             return OSError(n, os.strerror(n))
         e = e.__cause__ or e.__context__
     return None
+
+
+@contextlib.contextmanager
+def save_errors(run, mngr, step: int):
+    """Turn an OS error out of orbax's save of `step` into one line: what failed, where,
+    the space it needed when the disk is full, and the checkpoint that is the last good."""
+    try:
+        yield
+    except Exception as e:
+        os_error = io_failure(e)
+        if os_error is None:
+            raise
+        out_dir = run.cfg.out_dir
+        reason = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error.errno else str(e)
+        if os_error.errno in (errno.ENOSPC, errno.EDQUOT):
+            import jax
+
+            need = sum(x.nbytes for x in jax.tree.leaves(run.state))
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(out_dir).free
+                reason += f" ({_size(free)} free, the checkpoint needs ~{_size(need)})"
+        last = mngr.latest_step()
+        keeps = f"checkpoint {last} (the last good one)" if last is not None else "no checkpoint"
+        raise SaveError(
+            f"saving checkpoint {step} to {out_dir} failed: {reason}; training stopped at iter "
+            f"{run.iter_num}; {out_dir} keeps {keeps}: free space or fix the disk, then "
+            "--init_from=resume"
+        ) from None
+
+
+@contextlib.contextmanager
+def write_errors(run, what: str):
+    """An OS error writing the run's other files (metrics.jsonl, TensorBoard events) into
+    out_dir stops the run as a failed save does: one line, exit 74."""
+    try:
+        yield
+    except OSError as e:
+        reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
+        raise SaveError(
+            f"writing {what} to {run.cfg.out_dir} failed: {reason}; training stopped at iter "
+            f"{run.iter_num}: free space or fix the disk, then --init_from=resume"
+        ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def close_manager(mngr) -> None:
+    """Close a CheckpointManager even after a failed save, so that no orbax thread outlives
+    the run (at interpreter shutdown they fail with tracebacks): orbax raises a failed
+    save's error once from each place that kept it (its finalize thread, its async
+    writer), the first already reported; and it stops waiting for a save's writer threads
+    at the first error, so the others are joined here (orbax has no call for that)."""
+    for _ in range(3):
+        try:
+            mngr.close()
+            break
+        except Exception:
+            continue
+    for t in threading.enumerate():
+        if type(t).__module__.startswith("orbax.") and t is not threading.current_thread():
+            t.join(timeout=120)
 
 
 class _OrbaxLogs(logging.Filter):
