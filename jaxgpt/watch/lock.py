@@ -102,3 +102,6 @@ class OutDirLock:
         except OSError:
             pass
         f.close()  # closing the file releases the flock
+
+    def __del__(self):  # a Run dropped without train_loop (tests, notebooks) lets go here
+        self.release()
