@@ -98,7 +98,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(data_dir, run_copy, caps
     script = (
         "import sys, time\n"
         "from jaxgpt.watch.lock import OutDirLock\n"
-        "OutDirLock(sys.argv[1]).acquire()\n"
+        "held = OutDirLock(sys.argv[1]).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
