@@ -21,10 +21,13 @@ class CheckpointError(ValueError):
 
 
 def manager(out_dir: str, keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
+    """create=True: the writer (it holds out_dir's lock, watch/lock.py); create=False: a
+    reader, which never removes a running writer's temporary folders (orbax's read_only
+    would say so too, but logs three warnings per manager)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=create,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=create,
         enable_async_checkpointing=True,
     )
     return ocp.CheckpointManager(Path(out_dir).absolute(), options=options)
@@ -57,8 +60,13 @@ def _require(out_dir: str) -> tuple[ocp.CheckpointManager, int]:
 def restore_meta(out_dir: str) -> tuple[int, dict]:
     """(step, meta) of the latest checkpoint in out_dir."""
     mngr, step = _require(out_dir)
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    mngr.close()
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except (ValueError, KeyError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{out_dir} step {step} is no jaxgpt checkpoint: {first}") from None
+    finally:
+        mngr.close()
     return step, meta
 
 

@@ -8,9 +8,12 @@ loop at k and continues exactly as an uninterrupted run would.
 
 Faults (watch/faults.py): SIGTERM/SIGINT saves a checkpoint at the current step and stops; an
 update with a non-finite loss or gradient is skipped inside the compiled step, and
-max_nonfinite_steps of them in a row stop the run. Reporting is watch/metrics.py's.
+max_nonfinite_steps of them in a row stop the run; a checkpoint that cannot be written
+stops it at once (SaveError, exit 74). A writing run holds out_dir's lock (watch/lock.py)
+from setup to the end of train_loop. Reporting is watch/metrics.py's.
 """
 
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -24,7 +27,7 @@ import numpy as np
 from jaxgpt import checkpoint, data, sharding, train
 from jaxgpt.config import ARCH_KEYS, ConfigError, GPTConfig, TrainConfig, from_dict, to_dict
 from jaxgpt.model import abstract_params, num_params, unbox
-from jaxgpt.watch import faults, metrics
+from jaxgpt.watch import faults, lock, metrics
 
 EVAL_STREAM = 1  # data.get_batch stream of the fixed evaluation batches
 
@@ -46,6 +49,7 @@ class Run:
     elapsed: float = 0.0  # seconds of training before this segment (from the checkpoint)
     skipped: int = 0  # non-finite updates skipped so far
     stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "preemption notice"
+    out_dir_lock: lock.OutDirLock | None = None  # held by a writing run until train_loop ends
 
 
 def log(*args) -> None:
@@ -108,7 +112,7 @@ def _check_vocab(vocab: int, model: GPTConfig) -> None:
         )
 
 
-def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh, load_pretrained):
+def _pretrained_params(cfg: TrainConfig, vocab: int, load_pretrained):
     """nanoGPT's init_from=gpt2*: weights and model shape from pretrained weights."""
     if load_pretrained is None:
         raise ConfigError(
@@ -118,7 +122,7 @@ def _pretrained_state(cfg: TrainConfig, vocab: int, tx, mesh, load_pretrained):
     log(f"initializing from pretrained weights: {cfg.init_from}")
     params, model_cfg = load_pretrained(cfg)
     _check_vocab(vocab, model_cfg)
-    return train.state_from_params(params, model_cfg, tx, mesh), model_cfg
+    return params, model_cfg
 
 
 def compile_steps(cfg: TrainConfig, model_cfg: GPTConfig, tx, mesh) -> tuple[Future, Future]:
@@ -136,8 +140,34 @@ def compile_steps(cfg: TrainConfig, model_cfg: GPTConfig, tx, mesh) -> tuple[Fut
     return steps
 
 
+def _lock_out_dir(cfg: TrainConfig) -> lock.OutDirLock | None:
+    """Take out_dir's lock (watch/lock.py) before anything there is written or cleaned up.
+    Process 0 takes it for the whole run; the other processes of the run wait for its
+    verdict, so none of them touches an out_dir that another run holds."""
+    _check_out_dir(cfg.out_dir)
+    held, busy = None, None
+    if jax.process_index() == 0:
+        try:
+            held = lock.OutDirLock(cfg.out_dir).acquire()
+        except lock.OutDirBusy as e:
+            busy = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(busy is not None))
+        if refused and busy is None:
+            text = (Path(cfg.out_dir) / lock.LOCK_FILE).read_text(encoding="utf-8")
+            busy = lock.OutDirBusy(lock.busy_message(cfg.out_dir, text))
+    if busy is not None:
+        raise busy
+    return held
+
+
 def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
     """Build the mesh, load data and create or restore the train state.
+
+    Everything that can refuse the run is checked before out_dir is created or locked;
+    a writing run (not eval_only) then holds out_dir's lock until train_loop ends.
 
     load_pretrained(cfg) -> (params, GPTConfig): the weights of init_from=gpt2*|DIR, shaped
     for this run (jaxgpt.interop.hf.run_weights). The loop reads no weight format itself.
@@ -158,42 +188,50 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
                 f"of the {name} split"
             )
     metrics.check_wandb(cfg)
-    _check_out_dir(cfg.out_dir)
     tx = train.make_optimizer(cfg)
-    iter_num, best_val_loss, ckpt_meta = 0, float("inf"), {}
-    if cfg.init_from != "resume" and not cfg.eval_only:
-        step = checkpoint.latest_step(cfg.out_dir)
-        if step is not None:
-            raise ConfigError(
-                f"out_dir {cfg.out_dir} already holds a run (checkpoint {step}): continue it "
-                "with --init_from=resume, or set another --out_dir"
-            )
-    if cfg.init_from == "resume":
+    iter_num, best_val_loss, ckpt_meta, pretrained = 0, float("inf"), {}, None
+    if cfg.init_from == "resume":  # checkpoints are opened read-only: nothing is written
         _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
         _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
         model_cfg = _resume_model(cfg, ckpt_meta, vocab)
-        steps = compile_steps(cfg, model_cfg, tx, mesh)
-        shardings = train.state_shardings(model_cfg, tx, mesh)
-        template = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            jax.eval_shape(lambda: train.init_state(unbox(abstract_params(model_cfg)), tx)),
-            shardings,
-        )
-        iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template)
-        best_val_loss = ckpt_meta["best_val_loss"]
-        log(f"resuming from {cfg.out_dir} at iter {iter_num}")
     elif cfg.init_from == "scratch":
         if 0 < cfg.vocab_size < vocab:
             raise ConfigError(f"vocab_size={cfg.vocab_size} < the dataset's {vocab} tokens")
         model_cfg = cfg.model_config(cfg.vocab_size or vocab)
-        steps = compile_steps(cfg, model_cfg, tx, mesh)
-        state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))
     else:
-        state, model_cfg = _pretrained_state(cfg, vocab, tx, mesh, load_pretrained)
+        pretrained, model_cfg = _pretrained_params(cfg, vocab, load_pretrained)
+    held = None if cfg.eval_only else _lock_out_dir(cfg)
+    try:
+        if cfg.init_from != "resume" and not cfg.eval_only:
+            step = checkpoint.latest_step(cfg.out_dir)
+            if step is not None:
+                raise ConfigError(
+                    f"out_dir {cfg.out_dir} already holds a run (checkpoint {step}): continue "
+                    "it with --init_from=resume, or set another --out_dir"
+                )
         steps = compile_steps(cfg, model_cfg, tx, mesh)
+        if cfg.init_from == "resume":
+            shardings = train.state_shardings(model_cfg, tx, mesh)
+            template = jax.tree.map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                jax.eval_shape(lambda: train.init_state(unbox(abstract_params(model_cfg)), tx)),
+                shardings,
+            )
+            iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template)
+            best_val_loss = ckpt_meta["best_val_loss"]
+            log(f"resuming from {cfg.out_dir} at iter {iter_num}")
+        elif cfg.init_from == "scratch":
+            state = train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))
+        else:
+            state = train.state_from_params(pretrained, model_cfg, tx, mesh)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
     log(f"number of parameters: {num_params(state.params, model_cfg) / 1e6:.2f}M")
     run = Run(cfg, model_cfg, mesh, meta, splits, tx, state, iter_num, best_val_loss, steps)
     run.elapsed, run.skipped = ckpt_meta.get("elapsed", 0.0), ckpt_meta.get("skipped", 0)
+    run.out_dir_lock = held
     return run
 
 
@@ -241,16 +279,30 @@ def train_batch(run: Run, step: int) -> jax.Array:
 
 
 def train_loop(run: Run) -> dict:
-    """Run to max_iters, or until a stop signal; returns the last evaluated losses."""
+    """Run to max_iters, or until a stop signal; returns the last evaluated losses.
+
+    A checkpoint that cannot be written (watch/faults.py's SaveError) stops the run at once,
+    at the step where the failure surfaces (orbax saves in the background: it is polled
+    every step), with the checkpoints already saved untouched."""
     cfg, k = run.cfg, run.cfg.steps_per_call
-    steps = run.steps or compile_steps(cfg, run.model_cfg, run.tx, run.mesh)
-    step_fn, eval_fn = (f.result() for f in steps)
-    evals = eval_batches(run)
-    mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints) if not cfg.eval_only else None
-    n_params = num_params(run.state.params, run.model_cfg)
-    rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
+    mngr = None
+    try:
+        steps = run.steps or compile_steps(cfg, run.model_cfg, run.tx, run.mesh)
+        step_fn, eval_fn = (f.result() for f in steps)
+        evals = eval_batches(run)
+        if not cfg.eval_only:
+            mngr = checkpoint.manager(cfg.out_dir, keep=cfg.keep_checkpoints)
+        n_params = num_params(run.state.params, run.model_cfg)
+        with faults.write_errors(run, "metrics.jsonl"):
+            rep = metrics.Reporter(cfg, run.model_cfg, n_params, run.iter_num, run.elapsed)
+    except BaseException:
+        if mngr is not None:
+            faults.close_manager(mngr)
+        _release(run)
+        raise
     watch = faults.NonFiniteWatch(cfg.max_nonfinite_steps, run.skipped, rep.skip)
     losses, saved = {}, run.iter_num if cfg.init_from == "resume" else None
+    writing = None  # the step of the save in progress
     # CPU collectives (gloo) have been seen to deadlock when processes with several local
     # devices each dispatch steps ahead; waiting on every step there costs nothing that matters
     sync = (
@@ -258,12 +310,29 @@ def train_loop(run: Run) -> dict:
     )
 
     def save(iter_num: int) -> None:
-        nonlocal saved
+        nonlocal saved, writing
+        finish_save(wait=True)  # orbax would wait for it too, and raise its error here
         run.elapsed, run.skipped, saved = rep.elapsed(), watch.skipped, iter_num
-        checkpoint.save(mngr, iter_num, run.state, _ckpt_meta(run, iter_num))
+        rep.write(f"saving checkpoint to {cfg.out_dir}")
+        meta = faults.full_disk(iter_num, _ckpt_meta(run, iter_num))  # a test hook
+        writing = iter_num
+        with faults.save_errors(run, mngr, iter_num):
+            checkpoint.save(mngr, iter_num, run.state, meta)
+
+    def finish_save(wait: bool) -> None:
+        """Raise the error of the save in progress once it has ended (wait: wait for it)."""
+        nonlocal writing
+        if writing is None or (not wait and mngr.is_saving_in_progress()):
+            return
+        step, writing = writing, None
+        with faults.save_errors(run, mngr, step):
+            mngr.wait_until_finished()
 
     try:
-        with faults.StopSignals(jax.process_count() > 1) as stop:
+        with (
+            faults.StopSignals(jax.process_count() > 1) as stop,
+            faults.write_errors(run, "the logs"),
+        ):
             while True:
                 if run.iter_num % cfg.eval_interval == 0 or run.iter_num >= cfg.max_iters:
                     watch.flush()
@@ -271,14 +340,15 @@ def train_loop(run: Run) -> dict:
                     rep.eval(run.iter_num, losses)
                     if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
                         run.best_val_loss = min(run.best_val_loss, losses["val"])
-                        if run.iter_num > 0 and mngr is not None:
-                            save(run.iter_num)
+                        if run.iter_num > 0 and mngr is not None and saved != run.iter_num:
+                            save(run.iter_num)  # (a resume's first step is saved already)
                 if cfg.eval_only or run.iter_num >= cfg.max_iters:
                     break
                 if stop.requested():
                     watch.flush()
                     if mngr is not None and saved != run.iter_num:
                         save(run.iter_num)
+                    finish_save(wait=True)
                     run.stopped_by = stop.name
                     msg = f"{stop.name}: stopped at iter {run.iter_num}, checkpoint saved"
                     rep.stop(run.iter_num, stop.name, msg)
@@ -291,7 +361,10 @@ def train_loop(run: Run) -> dict:
                 if run.iter_num % cfg.log_interval == 0:  # the first of the k steps just run
                     rep.train(run.iter_num, step_metrics)
                 run.iter_num += k
+                finish_save(wait=False)
             watch.flush()
+        if mngr is not None:
+            finish_save(wait=True)
     except faults.NonFiniteError as e:
         rep.stop(run.iter_num, "nonfinite", str(e))
         last = f"checkpoint {saved}" if saved else "no checkpoint"
@@ -299,13 +372,24 @@ def train_loop(run: Run) -> dict:
             f"{e}: training stopped; {cfg.out_dir} keeps {last} (the last good state); "
             "lower learning_rate or check the data, then --init_from=resume"
         ) from None
+    except faults.SaveError:
+        with contextlib.suppress(OSError):  # the disk may be full for metrics.jsonl too
+            rep.record("stop", run.iter_num, reason="save_failed")
+        raise
     finally:
         run.skipped = watch.skipped
         if mngr is not None:
-            mngr.wait_until_finished()
-            mngr.close()
-        rep.close()
+            faults.close_manager(mngr)
+        with contextlib.suppress(OSError):
+            rep.close()
+        _release(run)
     return losses
+
+
+def _release(run: Run) -> None:
+    if run.out_dir_lock is not None:
+        run.out_dir_lock.release()
+        run.out_dir_lock = None
 
 
 def _ckpt_meta(run: Run, iter_num: int) -> dict:

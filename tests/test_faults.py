@@ -77,8 +77,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(data_dir
     assert resumes == 4, resumes  # all but the first start
 
     resumed = loop.setup(tiny_run(data_dir, str(out), init_from="resume", **kw))
-    assert tmp_dirs(out) == []  # resuming removed the partial checkpoints
     assert loop.train_loop(resumed) == ref_losses  # exact float equality
+    assert tmp_dirs(out) == []  # the resumed run's writer removed the partial checkpoints
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(reference.state)):
         np.testing.assert_array_equal(a, b)
     assert curve(out) == curve(tmp_path / "ref")

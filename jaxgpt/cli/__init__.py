@@ -11,10 +11,12 @@ command (they parse and wire; the work is done in the package).
     jaxgpt plot OUT_DIR [OUT_DIR ...] [--output PNG]
     jaxgpt COMMAND --help                      # train/bench: every config key (keyhelp.py)
 
-User mistakes (a bad key, missing data, an unknown character) end with one line on
-stderr and exit status 2; a run stopped by non-finite losses exits 1, one stopped by
-Ctrl-C exits 130 after saving its checkpoint. Nothing heavy is imported before the
-command runs: `entry` first re-executes with tcmalloc on a CPU (perf/cpu.py).
+Exit status: 0 done (also after SIGTERM, checkpoint saved); 1 a run stopped by non-finite
+losses; 2 a user mistake (a bad key, missing data, an unknown character, an out_dir in use
+by another run); 74 (EX_IOERR) a checkpoint that could not be written (a full disk);
+130 Ctrl-C, after saving its checkpoint. Every error is one line on stderr, no traceback.
+Nothing heavy is imported before the command runs: `entry` first re-executes with
+tcmalloc on a CPU (perf/cpu.py).
 """
 
 import argparse
@@ -25,7 +27,8 @@ from jaxgpt.config import ConfigError
 from jaxgpt.data import DataError
 from jaxgpt.perf import cpu
 from jaxgpt.prep.tokenizer import TokenizerError
-from jaxgpt.watch.faults import NonFiniteError
+from jaxgpt.watch import faults
+from jaxgpt.watch.lock import OutDirBusy
 
 # train and bench take nanoGPT-style --key=value overrides, parsed by config.py
 KEY_VALUE_COMMANDS = {"train": train, "bench": bench}
@@ -39,7 +42,7 @@ def user_errors() -> tuple:
     from jaxgpt.checkpoint import CheckpointError
     from jaxgpt.interop.bundle import ConvertError
 
-    return (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError)
+    return (ConfigError, DataError, TokenizerError, CheckpointError, ConvertError, OutDirBusy)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,19 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    try:
-        if argv and argv[0] in KEY_VALUE_COMMANDS:
-            return KEY_VALUE_COMMANDS[argv[0]].run(argv[1:])
-        args = parser.parse_args(argv)
-        return COMMANDS[args.command].run(args)
-    except user_errors() as e:
-        print(f"jaxgpt: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:  # the run diverged: not the user's input, exit 1
-        print(f"jaxgpt: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    with faults.held_orbax_logs() as orbax_logs:
+        try:
+            if argv and argv[0] in KEY_VALUE_COMMANDS:
+                return KEY_VALUE_COMMANDS[argv[0]].run(argv[1:])
+            args = parser.parse_args(argv)
+            return COMMANDS[args.command].run(args)
+        except user_errors() as e:
+            orbax_logs.drop()
+            print(f"jaxgpt: error: {e}", file=sys.stderr)
+            return 2
+        except faults.NonFiniteError as e:  # the run diverged: not the user's input, exit 1
+            orbax_logs.drop()
+            print(f"jaxgpt: error: {e}", file=sys.stderr)
+            return 1
+        except faults.SaveError as e:  # the disk, not the input: EX_IOERR
+            orbax_logs.drop()
+            print(f"jaxgpt: error: {e}", file=sys.stderr)
+            return faults.EX_IOERR
+        except KeyboardInterrupt:
+            return 130
 
 
 def entry() -> None:

@@ -10,14 +10,29 @@
   finite (train.py); the watch reads those flags one call late (so the host never waits on
   the step in flight), reports each skip, and stops the run after max_nonfinite_steps
   consecutive ones.
+- `SaveError`: a checkpoint write that failed with an OS error (a full disk, a quota, a
+  lost mount): `io_failure` recognises one in what orbax raises, `save_errors` turns it
+  into one line (the step, out_dir, the space, the last good checkpoint), the loop stops
+  at once and `close_manager` shuts orbax down without a thread left running.
+- `held_orbax_logs`: orbax logs each failure it raises (tracebacks from its background
+  threads, hundreds of lines for one full disk); the CLI holds orbax's warnings and
+  errors back and drops them when it reports the failure in one line itself.
 - Test hooks, read from the environment, no cost when unset: JAXGPT_FAULT_NAN_ITERS=7,8
-  poisons those iterations' training batches so their loss is NaN; and
-  JAXGPT_FAULT_KILL_IN_SAVE=20 SIGKILLs the process while checkpoint 20 is being written.
+  poisons those iterations' training batches so their loss is NaN;
+  JAXGPT_FAULT_KILL_IN_SAVE=20 SIGKILLs the process while checkpoint 20 is being written;
+  JAXGPT_FAULT_SAVE_OSERROR=20 makes the write of checkpoint 20 fail with ENOSPC (No space
+  left on device) inside orbax's background commit, where a full disk fails it.
 """
 
+import contextlib
+import errno
+import logging
 import os
+import re
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +40,131 @@ import numpy as np
 
 NAN_ITERS_ENV = "JAXGPT_FAULT_NAN_ITERS"
 KILL_IN_SAVE_ENV = "JAXGPT_FAULT_KILL_IN_SAVE"
+SAVE_OSERROR_ENV = "JAXGPT_FAULT_SAVE_OSERROR"
+EX_IOERR = 74  # sysexits.h: an I/O error, the exit status of a failed save
 
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps; the CLI prints it as one line, exit 1."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (an OS error); one line, exit 74 (EX_IOERR)."""
+
+
+def io_failure(e: BaseException) -> OSError | None:
+    """The OS error behind an exception orbax raised from a save, or None when there is
+    none (a bug, not the disk). tensorstore, which writes the arrays, raises ValueError
+    with the error code in its text (`[os_error_code='28']`)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code:
+            n = int(code.group(1))
+            return OSError(n, os.strerror(n))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def save_errors(run, mngr, step: int):
+    """Turn an OS error out of orbax's save of `step` into one line: what failed, where,
+    the space it needed when the disk is full, and the checkpoint that is the last good."""
+    try:
+        yield
+    except Exception as e:
+        os_error = io_failure(e)
+        if os_error is None:
+            raise
+        out_dir = run.cfg.out_dir
+        reason = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error.errno else str(e)
+        if os_error.errno in (errno.ENOSPC, errno.EDQUOT):
+            import jax
+
+            need = sum(x.nbytes for x in jax.tree.leaves(run.state))
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(out_dir).free
+                reason += f" ({_size(free)} free, the checkpoint needs ~{_size(need)})"
+        last = mngr.latest_step()
+        keeps = f"checkpoint {last} (the last good one)" if last is not None else "no checkpoint"
+        raise SaveError(
+            f"saving checkpoint {step} to {out_dir} failed: {reason}; training stopped at iter "
+            f"{run.iter_num}; {out_dir} keeps {keeps}: free space or fix the disk, then "
+            "--init_from=resume"
+        ) from None
+
+
+@contextlib.contextmanager
+def write_errors(run, what: str):
+    """An OS error writing the run's other files (metrics.jsonl, TensorBoard events) into
+    out_dir stops the run as a failed save does: one line, exit 74."""
+    try:
+        yield
+    except OSError as e:
+        reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
+        raise SaveError(
+            f"writing {what} to {run.cfg.out_dir} failed: {reason}; training stopped at iter "
+            f"{run.iter_num}: free space or fix the disk, then --init_from=resume"
+        ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def close_manager(mngr) -> None:
+    """Close a CheckpointManager even after a failed save, so that no orbax thread outlives
+    the run (at interpreter shutdown they fail with tracebacks): orbax raises a failed
+    save's error once from each place that kept it (its finalize thread, its async
+    writer), the first already reported; and it stops waiting for a save's writer threads
+    at the first error, so the others are joined here (orbax has no call for that)."""
+    for _ in range(3):
+        try:
+            mngr.close()
+            break
+        except Exception:
+            continue
+    for t in threading.enumerate():
+        if type(t).__module__.startswith("orbax.") and t is not threading.current_thread():
+            t.join(timeout=120)
+
+
+class _OrbaxLogs(logging.Filter):
+    """Holds back orbax's warnings and errors (absl logger) instead of printing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and f"{os.sep}orbax{os.sep}" in record.pathname:
+            self.held.append(record)
+            return False
+        return True
+
+    def drop(self) -> None:
+        self.held.clear()
+
+
+@contextlib.contextmanager
+def held_orbax_logs():
+    """While the CLI runs a command, orbax's warnings and errors are held back; they are
+    printed at the end unless the command ended in an error jaxgpt reported in one line
+    (`drop()`), which orbax's log lines only repeat as tracebacks."""
+    from absl import logging as absl_logging  # light; its logger must exist before orbax's
+
+    logger = absl_logging.get_absl_logger()
+    logs = _OrbaxLogs()
+    logger.addFilter(logs)
+    try:
+        yield logs
+    finally:
+        logger.removeFilter(logs)
+        for record in logs.held:
+            logger.handle(record)
 
 
 class StopSignals:
@@ -160,3 +296,19 @@ def kill_in_save(step: int, directory: Path) -> None:
             break
         time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _FullDisk(dict):
+    """A meta dict whose JSON encoding fails as a write to a full disk does. orbax encodes
+    and writes it in its background commit thread, so the error takes a real failed
+    write's path: logged there, raised by wait_until_finished or the next save, the step
+    left as a temporary folder and the older steps kept."""
+
+    def items(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def full_disk(step: int, meta: dict) -> dict:
+    """Test hook: at the step in $JAXGPT_FAULT_SAVE_OSERROR the checkpoint write fails
+    with ENOSPC."""
+    return _FullDisk(meta) if step in _env_steps(SAVE_OSERROR_ENV) else meta

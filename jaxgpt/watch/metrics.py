@@ -13,6 +13,7 @@ training since the run began, carried across resumes through the checkpoint, so
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,13 +79,15 @@ class Reporter:
         if not self.primary:
             return
         self.bar = _progress(cfg, start)
-        self.file = _open_jsonl(Path(cfg.out_dir) / METRICS_FILE)
-        if cfg.tensorboard_log and not cfg.eval_only:
+        if cfg.eval_only:  # a reader: it writes nothing in out_dir (watch/lock.py)
+            return
+        self.file = _open_jsonl(Path(cfg.out_dir) / METRICS_FILE, start)
+        if cfg.tensorboard_log:
             SummaryWriter = tensorboard_writer()
             logdir = str(Path(cfg.out_dir) / TENSORBOARD_DIR)
             # purge_step hides the events a killed earlier segment wrote past `start`
             self.tb = SummaryWriter(logdir, purge_step=start, flush_secs=30)
-        if cfg.wandb_log and not cfg.eval_only:
+        if cfg.wandb_log:
             import wandb
 
             self.wandb = wandb.init(
@@ -187,15 +190,27 @@ class Reporter:
             self.file.close()
 
 
-def _open_jsonl(path: Path):
-    """Append mode; a line cut short by a killed process is closed off first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+", encoding="utf-8")  # closed in Reporter.close
-    if f.tell() > 0:
-        f.seek(f.tell() - 1)
-        if f.read(1) != "\n":
-            f.write("\n")
-    return f
+def _step(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _open_jsonl(path: Path, start: int):
+    """Append mode, after dropping what a killed segment wrote past the checkpoint this
+    segment starts from: the records at steps >= start (they are redone) and a line cut
+    short. The file is rewritten whole (a temporary file, then os.replace: a kill leaves
+    the old or the new file), by the run that holds out_dir's lock, so each step is in
+    it once however often the run was resumed."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [x for x in lines if (s := _step(x)) is not None and s < start]
+        if len(kept) < len(lines):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+            os.replace(tmp, path)
+    return open(path, "a", encoding="utf-8")  # closed in Reporter.close
 
 
 def _progress(cfg: TrainConfig, start: int):
@@ -210,7 +225,8 @@ def _progress(cfg: TrainConfig, start: int):
 def read_jsonl(out_dir: str) -> list[dict]:
     """The records of a run in the order they happened, without the work a killed segment
     did after its last checkpoint: a `start` record at step s drops earlier records at
-    steps >= s (the resumed segment redoes them). Unparseable lines (cut short) are skipped."""
+    steps >= s (the resumed segment redoes them; a resume also drops them from the file, a
+    file written before that did not). Unparseable lines (cut short) are skipped."""
     path = Path(out_dir) / METRICS_FILE
     records: list[dict] = []
     for line in path.read_text(encoding="utf-8").splitlines():
