@@ -169,7 +169,10 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
                 "with --init_from=resume, or set another --out_dir"
             )
     if cfg.init_from == "resume":
-        _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
+        # one verified step for meta and state; a resumed run saves the damaged newer
+        # steps anew, so it sets them aside (an evaluation leaves them as they are)
+        step = checkpoint.usable_step(cfg.out_dir, set_aside=not cfg.eval_only)
+        _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir, step)
         _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
         model_cfg = _resume_model(cfg, ckpt_meta, vocab)
         steps = compile_steps(cfg, model_cfg, tx, mesh)
@@ -179,7 +182,7 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
             jax.eval_shape(lambda: train.init_state(unbox(abstract_params(model_cfg)), tx)),
             shardings,
         )
-        iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template)
+        iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template, step)
         best_val_loss = ckpt_meta["best_val_loss"]
         log(f"resuming from {cfg.out_dir} at iter {iter_num}")
     elif cfg.init_from == "scratch":
@@ -294,7 +297,10 @@ def train_loop(run: Run) -> dict:
             watch.flush()
     except faults.NonFiniteError as e:
         rep.stop(run.iter_num, "nonfinite", str(e))
-        last = f"checkpoint {saved}" if saved else "no checkpoint"
+        if mngr is not None:
+            mngr.wait_until_finished()  # the last save is sealed (or failed)
+        good = checkpoint.verified_step(cfg.out_dir) if saved else None
+        last = f"checkpoint {good}" if good is not None else "no checkpoint"
         raise faults.NonFiniteError(
             f"{e}: training stopped; {cfg.out_dir} keeps {last} (the last good state); "
             "lower learning_rate or check the data, then --init_from=resume"
