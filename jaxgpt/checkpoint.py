@@ -41,6 +41,8 @@ from jaxgpt.watch import faults
 MANIFEST = "jaxgpt-manifest.json"
 # orbax's step bookkeeping, rewritten by orbax after the manifest (while it renames the step)
 UNSEALED = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt"})
+# what a step without a manifest (legacy) must hold to be tried at all
+LEGACY_REQUIRED = ("meta/metadata", "state/_METADATA")
 DAMAGED_SUFFIX = ".damaged"  # a damaged step set aside by a resumed run (orbax ignores it)
 
 
@@ -166,7 +168,10 @@ def _problem(out_dir: str, step: int, sealed: list[int]) -> str | None:
     step_dir = Path(out_dir) / str(step)
     if step not in sealed:
         older = [s for s in sealed if s < step]
-        return f"is incomplete (no {MANIFEST}, unlike checkpoint {older[-1]})" if older else None
+        if older:
+            return f"is incomplete (no {MANIFEST}, unlike checkpoint {older[-1]})"
+        missing = [n for n in LEGACY_REQUIRED if not (step_dir / n).is_file()]
+        return f"is incomplete ({missing[0]}: missing)" if missing else None
     why = damage(step_dir)
     return f"is damaged ({why})" if why else None
 
@@ -196,10 +201,10 @@ def usable_step(out_dir: str, set_aside: bool = False) -> int:
         why = _problem(out_dir, step, sealed)
         if why is None:
             break
-        skipped.append(f"checkpoint {step} {why}")
+        skipped.append(f"checkpoint {step}{'' if skipped else f' in {out_dir}'} {why}")
     else:
         raise CheckpointError(
-            f"no usable checkpoint in {out_dir}: {'; '.join(skipped)}; nothing was changed, "
+            f"no usable checkpoint: {'; '.join(skipped)}; nothing was changed, "
             "train again into another --out_dir"
         )
     if skipped:
@@ -207,7 +212,7 @@ def usable_step(out_dir: str, set_aside: bool = False) -> int:
         if set_aside:
             moved = _set_aside(out_dir, [s for s in found if s > step])
             kept = f" (kept as {', '.join(moved)})"
-        _say(f"{'; '.join(skipped)} in {out_dir}: using checkpoint {step}{kept}")
+        _say(f"{'; '.join(skipped)}: using checkpoint {step}{kept}")
     return step
 
 
@@ -230,7 +235,9 @@ def _set_aside(out_dir: str, bad: list[int]) -> list[str]:
     return names
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
+    if "TensorStore details" in str(e) and e.__cause__ is not None:  # orbax's wrapper
+        return _first_line(e.__cause__)
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -242,8 +249,9 @@ CLOSED_LOOP = ("Event loop is closed", "cannot schedule new futures after")
 def _quiet_closed_loop() -> None:
     """orbax runs a restore in an asyncio loop of its own; when one read fails, the reads
     still in flight in tensorstore finish after that loop is closed, and each callback's
-    RuntimeError goes to sys.unraisablehook as a traceback after the real error. orbax has
-    no option to wait for them, so they are dropped here (nothing else is)."""
+    RuntimeError goes to sys.unraisablehook as a traceback after the real error (and so do
+    the other failed reads, from coroutines orbax leaves unawaited). orbax has no option to
+    wait for them, so they are dropped here; nothing else is."""
     previous = sys.unraisablehook
     if getattr(previous, "jaxgpt_quiet", False):
         return
@@ -252,6 +260,8 @@ def _quiet_closed_loop() -> None:
         e = unraisable.exc_value
         if isinstance(e, RuntimeError) and str(e).startswith(CLOSED_LOOP):
             return
+        if isinstance(e, Exception) and ("TensorStore details" in str(e) or _read_error(e)):
+            return  # the read error itself, again, from a coroutine orbax left unawaited
         previous(unraisable)
 
     hook.jaxgpt_quiet = True
@@ -260,7 +270,8 @@ def _quiet_closed_loop() -> None:
 
 def _read_error(e: Exception) -> bool:
     """tensorstore's codes for bytes that are not what its metadata says."""
-    return any(code in str(e) for code in ("DATA_LOSS", "OUT_OF_RANGE", "Error reading"))
+    text = f"{e} {e.__cause__}".lower()
+    return any(code in text for code in ("data_loss", "out_of_range", "error reading"))
 
 
 def _restore(out_dir: str, step: int | None, args, fit: str) -> tuple[int, dict]:
@@ -286,6 +297,11 @@ def _restore(out_dir: str, step: int | None, args, fit: str) -> tuple[int, dict]
             f"checkpoint {step} in {out_dir} does not {fit}{damaged}: {_first_line(e)}"
         ) from None
     except Exception as e:  # orbax and tensorstore raise many kinds: one line for the user
+        if not checked and _read_error(e):
+            raise CheckpointError(
+                f"checkpoint {step} in {out_dir} is damaged (it has no {MANIFEST}, an older "
+                f"jaxgpt wrote it): {_first_line(e)}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {step} in {out_dir} cannot be read ({type(e).__name__}): {_first_line(e)}"
         ) from None
