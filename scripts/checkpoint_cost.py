@@ -4,13 +4,13 @@
 
 For each model (cpu: experiments/shakespeare_char_cpu.py's shape, 4 layers, 4 heads, 128
 embd, vocab 65; gpt2: GPT-2 124M, 12 layers, 12 heads, 768 embd, vocab 50304, block 1024,
-randomly initialised), a train state with its AdamW moments is saved and restored as
-jaxgpt does (checkpoint.save + wait_until_finished, which includes writing the manifest in
-orbax's callback; checkpoint.restore of the verified step). Measured apart, on the same
-files: writing the manifest (checkpoint.write_manifest) and verifying it
-(checkpoint.damage). Medians of --reps repetitions, each into a fresh step folder; the
-files are in the page cache, as right after a save. Prints a markdown table. tcmalloc
-preloaded as the jaxgpt command does.
+randomly initialised), a train state with its AdamW moments (random, see trained_like) is
+saved and restored as jaxgpt does (checkpoint.save + wait_until_finished, which includes
+writing the manifest in orbax's callback; checkpoint.restore of the verified step).
+Measured apart, on the same files: writing the manifest (checkpoint.write_manifest) and
+verifying it (checkpoint.damage). Medians of --reps repetitions after a warm-up, each into
+a fresh step folder; the files are in the page cache, as right after a save. Prints a
+markdown table. tcmalloc preloaded as the jaxgpt command does.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from jaxgpt import checkpoint, sharding, train
 from jaxgpt.config import TrainConfig
@@ -41,12 +42,29 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def trained_like(opt_state):
+    """AdamW's moments are zeros at initialisation, which zstd shrinks to nothing: give
+    them random values, as a trained run's are, so the checkpoint has a trained size."""
+    leaves, treedef = jax.tree.flatten(opt_state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            x + 1e-3 * jax.random.normal(k, x.shape, x.dtype)
+            if x.ndim and jnp.issubdtype(x.dtype, jnp.floating)
+            else x
+            for x, k in zip(leaves, keys)
+        ],
+    )
+
+
 def measure(name: str, reps: int, root: Path) -> dict:
     cfg = TrainConfig(**MODELS[name], dropout=0.0)
     model_cfg = cfg.model_config(cfg.vocab_size)
     mesh = sharding.make_mesh(cfg)
     tx = train.make_optimizer(cfg)
     state = train.create_state(model_cfg, tx, mesh, jax.random.key(0))
+    state = state.replace(opt_state=trained_like(state.opt_state))
     jax.block_until_ready(state)
     out = root / name
     shutil.rmtree(out, ignore_errors=True)
@@ -71,6 +89,7 @@ def measure(name: str, reps: int, root: Path) -> dict:
         if rep:
             for k, v in zip(rows, (t_save, t_restore, t_manifest, t_verify, size)):
                 rows[k].append(v)
+        shutil.rmtree(step_dir)  # one checkpoint on disk at a time
     shutil.rmtree(out, ignore_errors=True)
     return {k: statistics.median(v) for k, v in rows.items()}
 
