@@ -190,23 +190,29 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
     metrics.check_wandb(cfg)
     tx = train.make_optimizer(cfg)
     iter_num, best_val_loss, ckpt_meta, pretrained = 0, float("inf"), {}, None
-    if cfg.init_from == "resume":  # checkpoints are opened read-only: nothing is written
-        _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir)
-        _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
-        model_cfg = _resume_model(cfg, ckpt_meta, vocab)
-    elif cfg.init_from == "scratch":
-        if 0 < cfg.vocab_size < vocab:
-            raise ConfigError(f"vocab_size={cfg.vocab_size} < the dataset's {vocab} tokens")
-        model_cfg = cfg.model_config(cfg.vocab_size or vocab)
-    else:
-        pretrained, model_cfg = _pretrained_params(cfg, vocab, load_pretrained)
-    held = None if cfg.eval_only else _lock_out_dir(cfg)
+    writer = not cfg.eval_only
+    # a resumed run locks its (existing) out_dir first: it may set damaged steps aside
+    held = _lock_out_dir(cfg) if writer and cfg.init_from == "resume" else None
     try:
-        if cfg.init_from != "resume" and not cfg.eval_only:
-            step = checkpoint.latest_step(cfg.out_dir)
-            if step is not None:
+        if cfg.init_from == "resume":
+            # one verified step for meta and state; a resumed run saves the damaged newer
+            # steps anew, so it sets them aside (an evaluation leaves them as they are)
+            step = checkpoint.usable_step(cfg.out_dir, set_aside=writer)
+            _, ckpt_meta = checkpoint.restore_meta(cfg.out_dir, step)
+            _check_vocabulary(ckpt_meta["tokenizer"], meta, cfg.dataset)
+            model_cfg = _resume_model(cfg, ckpt_meta, vocab)
+        elif cfg.init_from == "scratch":
+            if 0 < cfg.vocab_size < vocab:
+                raise ConfigError(f"vocab_size={cfg.vocab_size} < the dataset's {vocab} tokens")
+            model_cfg = cfg.model_config(cfg.vocab_size or vocab)
+        else:
+            pretrained, model_cfg = _pretrained_params(cfg, vocab, load_pretrained)
+        if writer and held is None:  # a new run: every check above passed, out_dir now
+            held = _lock_out_dir(cfg)
+            found = checkpoint.latest_step(cfg.out_dir)
+            if found is not None:
                 raise ConfigError(
-                    f"out_dir {cfg.out_dir} already holds a run (checkpoint {step}): continue "
+                    f"out_dir {cfg.out_dir} already holds a run (checkpoint {found}): continue "
                     "it with --init_from=resume, or set another --out_dir"
                 )
         steps = compile_steps(cfg, model_cfg, tx, mesh)
@@ -217,7 +223,7 @@ def setup(cfg: TrainConfig, load_pretrained=None) -> Run:
                 jax.eval_shape(lambda: train.init_state(unbox(abstract_params(model_cfg)), tx)),
                 shardings,
             )
-            iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template)
+            iter_num, state, ckpt_meta = checkpoint.restore(cfg.out_dir, template, step)
             best_val_loss = ckpt_meta["best_val_loss"]
             log(f"resuming from {cfg.out_dir} at iter {iter_num}")
         elif cfg.init_from == "scratch":
@@ -367,7 +373,10 @@ def train_loop(run: Run) -> dict:
             finish_save(wait=True)
     except faults.NonFiniteError as e:
         rep.stop(run.iter_num, "nonfinite", str(e))
-        last = f"checkpoint {saved}" if saved else "no checkpoint"
+        if mngr is not None:
+            finish_save(wait=True)  # the last save is sealed (or failed: SaveError, exit 74)
+        good = checkpoint.verified_step(cfg.out_dir) if saved else None
+        last = f"checkpoint {good}" if good is not None else "no checkpoint"
         raise faults.NonFiniteError(
             f"{e}: training stopped; {cfg.out_dir} keeps {last} (the last good state); "
             "lower learning_rate or check the data, then --init_from=resume"

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1 or args.max_new_tokens < 0:
         raise ConfigError("--num_samples must be >= 1 and --max_new_tokens >= 0")
     if args.init_from == "resume":
-        _, meta = checkpoint.restore_meta(args.out_dir)
+        step = checkpoint.usable_step(args.out_dir)  # meta and weights of one verified step
+        _, meta = checkpoint.restore_meta(args.out_dir, step)
         model_cfg, tok_meta = checkpoint.model_config(meta), meta["tokenizer"]
     else:  # GPT-2 weights: a hub name or a Hugging Face directory
         from jaxgpt.interop import hf
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         abstract = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), unbox(abstract_params(model_cfg))
         )
-        _, params, _ = checkpoint.restore_params(args.out_dir, abstract)
+        _, params, _ = checkpoint.restore_params(args.out_dir, abstract, step)
     stream = args.num_samples == 1 and sys.stdout.isatty()
     if stream:
         sys.stdout.write(tok.decode(prompt))

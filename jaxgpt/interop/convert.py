@@ -124,9 +124,10 @@ def moments_of(opt_state) -> Moments | None:
 
 
 def load_checkpoint(out_dir: str) -> Bundle:
-    """The latest jaxgpt checkpoint in out_dir, with its optimizer state when it fits the
+    """The newest verified jaxgpt checkpoint in out_dir, with its optimizer state when it fits the
     saved run config's optimizer."""
-    _, meta = checkpoint.restore_meta(out_dir)
+    step = checkpoint.usable_step(out_dir)  # everything from one verified step
+    _, meta = checkpoint.restore_meta(out_dir, step)
     config = checkpoint.model_config(meta)
     run = from_dict(TrainConfig, meta["config"])
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -137,14 +138,14 @@ def load_checkpoint(out_dir: str) -> Bundle:
     )
     moments = opt_state = None
     try:
-        _, state, _ = checkpoint.restore(out_dir, abstract)
+        _, state, _ = checkpoint.restore(out_dir, abstract, step)
         params = state.params
         if run.optimizer == "adamw":
             moments = moments_of(state.opt_state)
         else:  # Muon's state (and its AdamW group's): only jaxgpt's optimizer reads it
             opt_state = jax.tree.map(np.asarray, state.opt_state)
     except checkpoint.CheckpointError:
-        _, params, _ = checkpoint.restore_params(out_dir, abstract.params)
+        _, params, _ = checkpoint.restore_params(out_dir, abstract.params, step)
     params = unstack_layers(jax.tree.map(np.asarray, params))
     best = meta.get("best_val_loss", math.inf)
     return Bundle(
