@@ -5,11 +5,11 @@
 
 Compiles, in one process, jaxgpt's train step and four variants: without the optimizer
 (gradients only), the forward pass alone, and the same two with a "matmuls only" model
-(LayerNorm, GELU and the softmax/mask replaced by the identity, so what is left is the
-matmuls and the data movement around them). The variants run in alternating blocks of
---per steps, so the machine's drift hits them alike; prints each one's median ms/step and
-its median ratio to the full step. The differences say what the optimizer, the backward
-pass and the non-matmul work cost.
+(the norms, the MLP's activation and the softmax/mask replaced by the identity, so what
+is left is the matmuls and the data movement around them). The variants run in
+alternating blocks of --per steps, so the machine's drift hits them alike; prints each
+one's median ms/step and its median ratio to the full step. The differences say what the
+optimizer, the backward pass and the non-matmul work cost.
 """
 
 import argparse
@@ -43,16 +43,17 @@ def matmul_attention(q, k, v, **_):
 
 @contextlib.contextmanager
 def matmuls_only(on: bool):
-    """Patch model.py's LayerNorm, GELU and attention while a step is traced."""
-    saved = model._layer_norm, model.gelu, model.causal_attention
+    """Patch model.py's norms, MLP activation and attention while a step is traced."""
+    saved = model._norm, dict(model.ACTIVATIONS), model.causal_attention
     if on:
-        model._layer_norm = lambda config, name: Identity(name=name)
-        model.gelu = lambda x: x
+        model._norm = lambda config, name, *args, **kw: Identity(name=name)
+        model.ACTIVATIONS.update({k: lambda x: x for k in model.ACTIVATIONS})
         model.causal_attention = matmul_attention
     try:
         yield
     finally:
-        model._layer_norm, model.gelu, model.causal_attention = saved
+        model._norm, model.causal_attention = saved[0], saved[2]
+        model.ACTIVATIONS.update(saved[1])
 
 
 def variant(kind: str, cfg, gpt, tx):

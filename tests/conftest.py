@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny character dataset and tiny model/run configs."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def shakespeare_path() -> str:
     if not SHAKESPEARE or not Path(SHAKESPEARE).is_file():
         pytest.skip("set JAXGPT_SHAKESPEARE to tiny Shakespeare's input.txt (.ci/run does)")
     return SHAKESPEARE
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path below folder: a file's sha256, a folder "/" (to tell what a run changed)."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "/"
+        for p in sorted(Path(folder).rglob("*"))
+    }
 
 
 def synthetic_text(n_chars: int = 20000, seed: int = 0) -> str:

@@ -4,7 +4,6 @@ Each case continues (or restarts) a trained run's out_dir with one mistake and c
 message, the exit status and that every file in out_dir is byte for byte what it was.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,19 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_process import TrainProcess, train_args
-from conftest import synthetic_text, tiny_run
+from conftest import snapshot, synthetic_text, tiny_run
 
 from jaxgpt import cli
 from jaxgpt.prep.chars import prepare_char
-
-
-def snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_file()
-        else "/"
-        for p in sorted(folder.rglob("*"))
-    }
 
 
 @pytest.fixture(scope="module")

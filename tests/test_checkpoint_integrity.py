@@ -4,7 +4,6 @@ One tiny run with checkpoints 10 and 20 is trained once; each case damages a cop
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 from cli_process import ROOT, train_args
-from conftest import tiny_run
+from conftest import snapshot, tiny_run
 
 from jaxgpt import checkpoint, loop
 
@@ -25,14 +24,6 @@ SMALL = dict(n_layer=1, n_head=2, n_embd=16, batch_size=2, eval_iters=2, keep_ch
 
 def run_cfg(data_dir, out_dir, **kw):
     return tiny_run(data_dir, str(out_dir), **SMALL, **kw)
-
-
-def digests(folder: Path) -> dict:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def data_file(step_dir: Path) -> Path:
@@ -110,7 +101,7 @@ def test_manifest_is_written_with_the_step(tmp_path):
     mngr.close()
     step_dir = tmp_path / "7"
     files = json.loads((step_dir / checkpoint.MANIFEST).read_text())["files"]
-    on_disk = digests(step_dir)
+    on_disk = {k: v for k, v in snapshot(step_dir).items() if v != "/"}  # the files
     assert {"meta/metadata", "state/_METADATA"} <= set(files)
     for name, entry in files.items():
         assert entry["sha256"] == on_disk[name]
@@ -129,14 +120,14 @@ def test_truncated_latest_resumes_from_the_previous_step(trained):
     20.damaged, since the run saves a new 20) and exits 0."""
     out = copy(trained, "truncated")
     truncate(out / "20")
-    before = digests(out / "20")
+    before = snapshot(out / "20")
     proc = cli("train", *train_args(run_cfg(trained["data_dir"], out, init_from="resume")))
     assert proc.returncode == 0, proc.stderr
     line = one_line(proc.stderr)
     assert line.startswith(f"jaxgpt: checkpoint 20 in {out} is damaged (state/"), line
     assert "truncated" in line and line.endswith(": using checkpoint 10 (kept as 20.damaged)")
     assert [x for x in proc.stdout.splitlines() if x.startswith("step 20:")][-1] == trained["line"]
-    assert digests(out / "20.damaged") == before
+    assert snapshot(out / "20.damaged") == before
     assert checkpoint.steps(str(out)) == [10, 20] and checkpoint.damage(out / "20") is None
 
 
@@ -149,7 +140,7 @@ def test_overwritten_or_missing_files_fall_back(trained, harm, capsys):
         overwrite(out / "20")
     else:
         (out / "20" / harm).unlink()
-    before = digests(out / "20")
+    before = snapshot(out / "20")
     if harm == "overwrite":  # a whole resume: the losses of a resume from 10
         losses, _ = resume(trained["data_dir"], out)
         assert losses == trained["losses"]
@@ -161,7 +152,7 @@ def test_overwritten_or_missing_files_fall_back(trained, harm, capsys):
     why = "sha256 mismatch" if harm == "overwrite" else f"{harm}: missing"
     assert line.startswith(f"jaxgpt: checkpoint 20 in {out} is damaged (") and why in line, line
     assert "using checkpoint 10" in line
-    assert digests(kept) == before
+    assert snapshot(kept) == before
 
 
 def test_nothing_usable_is_one_line_and_exit_2(trained):
@@ -170,7 +161,7 @@ def test_nothing_usable_is_one_line_and_exit_2(trained):
     out = copy(trained, "all-damaged")
     truncate(out / "20")
     overwrite(out / "10")
-    before = digests(out)
+    before = snapshot(out)
     cfg = run_cfg(trained["data_dir"], out, init_from="resume")
     commands = [
         ["train", *train_args(cfg)],
@@ -184,7 +175,7 @@ def test_nothing_usable_is_one_line_and_exit_2(trained):
         assert proc.returncode == 2, (args[0], proc.stderr)
         assert line.startswith(f"jaxgpt: error: no usable checkpoint: checkpoint 20 in {out} is")
         assert "checkpoint 10 is damaged" in line
-        assert digests(out) == before
+        assert snapshot(out) == before
     assert not (out.parent / "nano").exists()
 
 

@@ -5,7 +5,6 @@ One tiny run is trained once (module fixture); each case works on a copy of its 
 """
 
 import collections
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cli_process import ROOT, TrainProcess, train_args
-from conftest import tiny_run
+from conftest import snapshot, tiny_run
 
 from jaxgpt import cli, loop
 from jaxgpt.watch import faults, lock
@@ -26,15 +25,6 @@ TINY = dict(
     n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2, eval_iters=2, dropout=0.0,
     max_iters=10, eval_interval=5, log_interval=1, tensorboard_log=False,
 )  # fmt: skip
-
-
-def snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_file()
-        else "/"
-        for p in sorted(folder.rglob("*"))
-    }
 
 
 def one_line(err: str) -> str:
