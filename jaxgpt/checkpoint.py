@@ -27,6 +27,7 @@ without a manifest after one that has one lost its manifest: incomplete, skipped
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -249,26 +250,38 @@ def _first_line(e: BaseException) -> str:
 CLOSED_LOOP = ("Event loop is closed", "cannot schedule new futures after")
 
 
+def _late_read_failure(e: BaseException | None) -> bool:
+    """An error from the reads of a failed restore that outlive it (see _quiet_closed_loop)."""
+    if isinstance(e, RuntimeError) and str(e).startswith(CLOSED_LOOP):
+        return True
+    return isinstance(e, Exception) and ("TensorStore details" in str(e) or _read_error(e))
+
+
+class _LateReadLogs(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of such reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _late_read_failure(record.exc_info[1]))
+
+
 def _quiet_closed_loop() -> None:
     """orbax runs a restore in an asyncio loop of its own; when one read fails, the reads
     still in flight in tensorstore finish after that loop is closed, and each callback's
-    RuntimeError goes to sys.unraisablehook as a traceback after the real error (and so do
-    the other failed reads, from coroutines orbax leaves unawaited). orbax has no option to
-    wait for them, so they are dropped here; nothing else is."""
+    RuntimeError goes to sys.unraisablehook as a traceback after the real error; the other
+    failed reads, in coroutines and tasks orbax leaves unawaited, come back the same way or
+    through asyncio's logger when their tasks are collected. orbax has no option to wait
+    for them, so they are dropped here; nothing else is."""
     previous = sys.unraisablehook
     if getattr(previous, "jaxgpt_quiet", False):
         return
 
     def hook(unraisable) -> None:
-        e = unraisable.exc_value
-        if isinstance(e, RuntimeError) and str(e).startswith(CLOSED_LOOP):
-            return
-        if isinstance(e, Exception) and ("TensorStore details" in str(e) or _read_error(e)):
-            return  # the read error itself, again, from a coroutine orbax left unawaited
-        previous(unraisable)
+        if not _late_read_failure(unraisable.exc_value):
+            previous(unraisable)
 
     hook.jaxgpt_quiet = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_LateReadLogs())
 
 
 def _read_error(e: Exception) -> bool:
