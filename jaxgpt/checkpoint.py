@@ -185,28 +185,33 @@ def _say(line: str) -> None:
         print(f"jaxgpt: {line}", file=sys.stderr, flush=True)
 
 
-def verified_step(out_dir: str) -> int | None:
-    """The newest usable step, found quietly; None when there is none."""
+def _verdicts(out_dir: str):
+    """(step, why it is not usable or None) for each step of out_dir, newest first, each
+    checked only when the one after it was not usable."""
     found = steps(out_dir)
     sealed = [s for s in found if (Path(out_dir) / str(s) / MANIFEST).is_file()]
-    return next((s for s in reversed(found) if _problem(out_dir, s, sealed) is None), None)
+    for step in reversed(found):
+        yield step, _problem(out_dir, step, sealed)
+
+
+def verified_step(out_dir: str) -> int | None:
+    """The newest usable step, found quietly; None when there is none."""
+    return next((step for step, why in _verdicts(out_dir) if why is None), None)
 
 
 def usable_step(out_dir: str, set_aside: bool = False) -> int:
     """The newest step of out_dir that verifies. Newer ones that do not are named in one
     line on stderr and left in place; set_aside (a resumed run, which saves those steps
     again) renames them to <step>.damaged in out_dir, which orbax ignores."""
-    found = steps(out_dir)
-    if not found:
-        raise CheckpointError(f"no checkpoint in {out_dir}: train first or check --out_dir")
-    sealed = [s for s in found if (Path(out_dir) / str(s) / MANIFEST).is_file()]
-    skipped = []
-    for step in reversed(found):
-        why = _problem(out_dir, step, sealed)
+    skipped, bad = [], []
+    for step, why in _verdicts(out_dir):
         if why is None:
             break
         skipped.append(f"checkpoint {step}{'' if skipped else f' in {out_dir}'} {why}")
+        bad.append(step)
     else:
+        if not skipped:
+            raise CheckpointError(f"no checkpoint in {out_dir}: train first or check --out_dir")
         raise CheckpointError(
             f"no usable checkpoint: {'; '.join(skipped)}; nothing was changed, "
             "train again into another --out_dir"
@@ -214,7 +219,7 @@ def usable_step(out_dir: str, set_aside: bool = False) -> int:
     if skipped:
         kept = ""
         if set_aside:
-            moved = _set_aside(out_dir, [s for s in found if s > step])
+            moved = _set_aside(out_dir, sorted(bad))
             kept = f" (kept as {', '.join(moved)})"
         _say(f"{'; '.join(skipped)}: using checkpoint {step}{kept}")
     return step
@@ -300,27 +305,17 @@ def _restore(out_dir: str, step: int | None, args, fit: str) -> tuple[int, dict]
     mngr = manager(out_dir, create=False)
     try:
         return step, mngr.restore(step, args=args)
-    except (ValueError, KeyError) as e:
-        if not checked and _read_error(e):
-            raise CheckpointError(
-                f"checkpoint {step} in {out_dir} is damaged (it has no {MANIFEST}, an older "
-                f"jaxgpt wrote it): {_first_line(e)}"
-            ) from None
-        # the files are the ones saved: another model saved them; a legacy step could
-        # also be damaged in a way that reads as a mismatch, which nothing can tell
-        damaged = "" if checked else f" or is damaged (it has no {MANIFEST} to tell)"
-        raise CheckpointError(
-            f"checkpoint {step} in {out_dir} does not {fit}{damaged}: {_first_line(e)}"
-        ) from None
     except Exception as e:  # orbax and tensorstore raise many kinds: one line for the user
         if not checked and _read_error(e):
-            raise CheckpointError(
-                f"checkpoint {step} in {out_dir} is damaged (it has no {MANIFEST}, an older "
-                f"jaxgpt wrote it): {_first_line(e)}"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {step} in {out_dir} cannot be read ({type(e).__name__}): {_first_line(e)}"
-        ) from None
+            what = f"is damaged (it has no {MANIFEST}, an older jaxgpt wrote it)"
+        elif isinstance(e, (ValueError, KeyError)):
+            # the files are the ones saved: another model saved them; a legacy step could
+            # also be damaged in a way that reads as a mismatch, which nothing can tell
+            damaged = "" if checked else f" or is damaged (it has no {MANIFEST} to tell)"
+            what = f"does not {fit}{damaged}"
+        else:
+            what = f"cannot be read ({type(e).__name__})"
+        raise CheckpointError(f"checkpoint {step} in {out_dir} {what}: {_first_line(e)}") from None
     finally:
         mngr.close()
 
