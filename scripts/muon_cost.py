@@ -28,11 +28,13 @@ from jaxgpt.perf import cpu
 
 
 def step_fn(cfg, vocab: int):
+    """(a call running one compiled train step on synthetic tokens, the GFLOP XLA counts
+    in that step)."""
     tx = train.make_optimizer(cfg)
     mesh = sharding.make_mesh(cfg)
     model_cfg = cfg.model_config(vocab)
+    step = train.make_train_step(model_cfg, cfg, tx, mesh, ahead=True)
     state = [train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))]
-    step = train.make_train_step(model_cfg, cfg, tx, mesh)
     shape = (cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size + 1)
     batch = np.random.default_rng(0).integers(0, vocab, shape, dtype=np.int32)
 
@@ -40,7 +42,7 @@ def step_fn(cfg, vocab: int):
         state[0], metrics = step(state[0], batch)
         return metrics["loss"]
 
-    return run
+    return run, step.cost_analysis()["flops"] / 1e9
 
 
 def update_fn(cfg, vocab: int, tx):
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> None:
         "update muon": update_fn(muon_cfg, vocab, train.make_optimizer(muon_cfg)),
         "update muon, NS per layer": update_fn(muon_cfg, vocab, per_layer),
     }
-    variants = {"step adamw": step_fn(adamw, vocab), "step muon": step_fn(muon_cfg, vocab)}
+    variants = {"step adamw": step_fn(adamw, vocab)[0], "step muon": step_fn(muon_cfg, vocab)[0]}
     variants.update({name: run for name, (run, _) in updates.items()})
     for run in variants.values():
         for _ in range(3):

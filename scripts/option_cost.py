@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
+from muon_cost import step_fn  # scripts/ is on sys.path when run as a script
 
-from jaxgpt import sharding, train
 from jaxgpt.config import load_train_config
 from jaxgpt.perf import cpu
 
@@ -47,23 +46,6 @@ def variants(recipe) -> dict:
     return rows
 
 
-def compiled_step(cfg, vocab: int):
-    """(a call running one step, the GFLOP XLA counts in the compiled step)."""
-    tx = train.make_optimizer(cfg)
-    mesh = sharding.make_mesh(cfg)
-    model_cfg = cfg.model_config(vocab)
-    step = train.make_train_step(model_cfg, cfg, tx, mesh, ahead=True)
-    state = [train.create_state(model_cfg, tx, mesh, jax.random.key(cfg.seed))]
-    shape = (cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size + 1)
-    batch = np.random.default_rng(0).integers(0, vocab, shape, dtype=np.int32)
-
-    def run():
-        state[0], metrics = step(state[0], batch)
-        return metrics["loss"]
-
-    return run, step.cost_analysis()["flops"] / 1e9
-
-
 def main(argv: list[str]) -> None:
     cpu.use_tcmalloc()  # the allocator `jaxgpt bench` runs with (re-executes this script)
     rounds = int(next((a.split("=")[1] for a in argv if a.startswith("--rounds=")), 10))
@@ -72,7 +54,7 @@ def main(argv: list[str]) -> None:
     overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
     recipe = load_train_config(config_file, overrides)
     vocab = recipe.vocab_size or 65  # shakespeare_char's characters
-    steps = {name: compiled_step(cfg, vocab) for name, cfg in variants(recipe).items()}
+    steps = {name: step_fn(cfg, vocab) for name, cfg in variants(recipe).items()}
     for run, _ in steps.values():
         for _ in range(3):
             jax.block_until_ready(run())
