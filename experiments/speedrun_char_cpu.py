@@ -32,6 +32,7 @@ config = dict(
     norm="rmsnorm",
     mlp="relu2",
     qk_norm=True,
+    qk_norm_scale=False,
     optimizer="muon",
     muon_lr=0.02,
     learning_rate=3e-3,

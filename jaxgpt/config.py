@@ -49,6 +49,7 @@ class GPTConfig:
     mlp: str = "gelu"  # gelu (exact) | gelu_tanh (GPT-2's) | relu2 | swiglu (Llama's)
     mlp_hidden: int = 0  # hidden units of the MLP; 0: 4 * n_embd
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    qk_norm_scale: bool = True  # qk_norm's gains (Qwen3, OLMo 2); False: none (modded-nanogpt)
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
     tie_embeddings: bool = True  # the lm head is wte (nanoGPT, GPT-2); False: its own kernel
     logit_softcap: float = 0.0  # logits = c * tanh(logits / c); 0: off
@@ -77,13 +78,18 @@ class GPTConfig:
     def hidden_size(self) -> int:
         return self.mlp_hidden or 4 * self.n_embd
 
+    @property
+    def qk_gain(self) -> bool:
+        """Whether q_norm and k_norm have a learnable scale."""
+        return self.norm_scale and self.qk_norm_scale
+
 
 # the keys of GPTConfig a run sets through TrainConfig (the rest: vocab_size, param_dtype)
 MODEL_KEYS = (
     "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "dtype", "attention",
     "remat", "scan_layers", "pos_encoding", "rope_theta", "norm", "norm_eps", "norm_scale",
-    "mlp", "mlp_hidden", "qk_norm", "n_kv_head", "tie_embeddings", "logit_softcap",
-    "zero_init_proj",
+    "mlp", "mlp_hidden", "qk_norm", "qk_norm_scale", "n_kv_head", "tie_embeddings",
+    "logit_softcap", "zero_init_proj",
 )  # fmt: skip
 # the keys that define the function a model computes (not how it is computed)
 COMPUTE_KEYS = ("dropout", "dtype", "attention", "remat", "scan_layers")
@@ -129,6 +135,7 @@ class TrainConfig:
     mlp: str = "gelu"  # MLP activation; swiglu is Llama's gated MLP
     mlp_hidden: int = 0  # hidden units of the MLP; 0: 4 * n_embd
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    qk_norm_scale: bool = True  # qk_norm's gains (Qwen3, OLMo 2); False: none (modded-nanogpt)
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
     tie_embeddings: bool = True  # the lm head is wte; False: an lm head of its own
     logit_softcap: float = 0.0  # logits = c * tanh(logits / c); 0: off

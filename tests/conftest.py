@@ -81,6 +81,7 @@ OPTIONS = {
     "relu2": dict(mlp="relu2"),
     "swiglu": dict(mlp="swiglu", mlp_hidden=48),
     "qk_norm": dict(qk_norm=True),
+    "qk_norm_no_scale": dict(qk_norm=True, qk_norm_scale=False),
     "gqa": dict(n_kv_head=2),
     "mqa": dict(n_kv_head=1),
     "untied": dict(tie_embeddings=False),

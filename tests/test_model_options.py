@@ -60,6 +60,7 @@ def test_option_parameters():
     )
     attn = shapes(with_options(**OPTIONS["qk_norm"]))["h_0"]["attn"]
     assert attn["q_norm"] == attn["k_norm"] == {"scale": (hs,)}
+    assert "q_norm" not in shapes(with_options(**OPTIONS["qk_norm_no_scale"]))["h_0"]["attn"]
     gqa = shapes(with_options(**OPTIONS["gqa"]))["h_0"]["attn"]
     assert gqa["c_attn"]["kernel"] == (C, 2 + 2, 2, hs)  # G = 2 query heads per kv head
     assert gqa["c_proj"]["kernel"] == (4, hs, C)

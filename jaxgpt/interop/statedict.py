@@ -65,9 +65,11 @@ def _norm_pairs(config: GPTConfig) -> list[tuple[str, str, int]]:
 
 def _norm_params(config: GPTConfig, path: str) -> tuple[str, ...]:
     """The parameters of a norm: LayerNorm's scale and bias, RMSNorm's scale, either
-    without its scale when norm_scale=False."""
-    rms = config.norm == "rmsnorm" or path.endswith(("q_norm", "k_norm"))
-    return (("scale",) if config.norm_scale else ()) + (() if rms or not config.bias else ("bias",))
+    without its scale when norm_scale=False (q_norm and k_norm: config.qk_gain)."""
+    qk = path.endswith(("q_norm", "k_norm"))
+    scale = config.qk_gain if qk else config.norm_scale
+    rms = config.norm == "rmsnorm" or qk
+    return (("scale",) if scale else ()) + (() if rms or not config.bias else ("bias",))
 
 
 TORCH_NORM_NAMES = {"scale": "weight", "bias": "bias"}
@@ -266,13 +268,15 @@ def nanogpt_options(config: GPTConfig) -> list[str]:
     and so a ckpt.pt, cannot hold."""
     default = GPTConfig()
     keys = ("pos_encoding", "rope_theta", "norm", "norm_eps", "norm_scale", "mlp", "mlp_hidden")
-    keys += ("qk_norm", "n_kv_head", "tie_embeddings", "logit_softcap", "zero_init_proj")
+    keys += ("qk_norm", "qk_norm_scale", "n_kv_head", "tie_embeddings", "logit_softcap")
+    keys += ("zero_init_proj",)
     changed = [k for k in keys if getattr(config, k) != getattr(default, k)]
     same = {  # settings that leave nanoGPT's function as it is
         "zero_init_proj": True,  # an init, not a different model
         "n_kv_head": config.kv_heads == config.n_head,
         "mlp_hidden": config.hidden_size == 4 * config.n_embd,
         "rope_theta": config.pos_encoding == "learned",
+        "qk_norm_scale": not config.qk_norm,
     }
     return [f"{k}={getattr(config, k)}" for k in changed if not same.get(k, False)]
 

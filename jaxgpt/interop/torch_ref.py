@@ -37,9 +37,10 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (self.ndim,), self.weight, self.bias, self.eps)
 
 
-def block_norm(config: GPTConfig, ndim: int | None = None, rms: bool | None = None):
-    rms = config.norm == "rmsnorm" if rms is None else rms
-    return LayerNorm(ndim or config.n_embd, config.bias, config.norm_eps, config.norm_scale, rms)
+def block_norm(config: GPTConfig, ndim: int | None = None, qk: bool = False):
+    """A block's norm; qk: q_norm or k_norm, an RMSNorm with qk_norm's gain or none."""
+    rms, scale = (True, config.qk_gain) if qk else (config.norm == "rmsnorm", config.norm_scale)
+    return LayerNorm(ndim or config.n_embd, config.bias, config.norm_eps, scale, rms)
 
 
 def rotate_half(x):
@@ -63,7 +64,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * nkv * hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         if config.qk_norm:
-            self.q_norm, self.k_norm = block_norm(config, hs, True), block_norm(config, hs, True)
+            self.q_norm, self.k_norm = (
+                block_norm(config, hs, qk=True),
+                block_norm(config, hs, qk=True),
+            )
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
