@@ -6,12 +6,12 @@
         --eval_iters=200 --batch_size=12
 
 nanoGPT's CPU shape (4 layers, 4 heads, 128 embd, block 64, batch 12) with modded-nanogpt's
-blocks (rotary embeddings, RMSNorm, ReLU^2, QK-norm), Muon on the blocks' matrices and a
-warmup-stable-decay schedule: 300 steps where nanoGPT's CPU config takes 2000.
-Expected: `step 300: train loss 1.7662, val loss 1.8892` (20 batches, seed 1337), and from
-the second command `step 300: train loss 1.7492, val loss 1.8630` (200 batches of 12);
-with --seed=2 / 3 on both commands: val 1.8737 / 1.8813. Wall time: README, "CPU speedrun"
-(33.9 s, median of the 3 seeds, where nanoGPT's train.py takes 118.4 s).
+blocks (rotary embeddings, RMSNorm, ReLU^2, QK-norm without gains), Muon on the blocks'
+matrices and a warmup-stable-decay schedule: 300 steps where nanoGPT's CPU config takes 2000.
+Expected: `step 300: train loss 1.7802, val loss 1.9023` (20 batches, seed 1337), and from
+the second command `step 300: train loss 1.7617, val loss 1.8797` (200 batches of 12);
+with --seed=2 / 3 on both commands: val 1.8916 / 1.8928. Wall time: README, "CPU speedrun"
+(34.2 s, median of the 3 seeds, where nanoGPT's train.py takes 142.3 s).
 """
 
 config = dict(

@@ -28,8 +28,8 @@ from jaxgpt.perf import cpu
 
 
 def step_fn(cfg, vocab: int):
-    """(a call running one compiled train step on synthetic tokens, the GFLOP XLA counts
-    in that step)."""
+    """(a call running one compiled train step on synthetic tokens, the GFLOP and the MB
+    of memory traffic XLA counts in that step)."""
     tx = train.make_optimizer(cfg)
     mesh = sharding.make_mesh(cfg)
     model_cfg = cfg.model_config(vocab)
@@ -42,7 +42,8 @@ def step_fn(cfg, vocab: int):
         state[0], metrics = step(state[0], batch)
         return metrics["loss"]
 
-    return run, step.cost_analysis()["flops"] / 1e9
+    cost = step.cost_analysis()
+    return run, cost["flops"] / 1e9, cost["bytes accessed"] / 1e6
 
 
 def update_fn(cfg, vocab: int, tx):
