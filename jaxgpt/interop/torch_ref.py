@@ -64,10 +64,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * nkv * hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         if config.qk_norm:
-            self.q_norm, self.k_norm = (
-                block_norm(config, hs, qk=True),
-                block_norm(config, hs, qk=True),
-            )
+            self.q_norm = block_norm(config, hs, qk=True)
+            self.k_norm = block_norm(config, hs, qk=True)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
