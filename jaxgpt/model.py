@@ -53,14 +53,14 @@ def _dtypes(config: GPTConfig) -> dict:
     return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
 
-def _norm(config: GPTConfig, name: str, axis: str = "embed", kind: str | None = None):
+def _norm(config: GPTConfig, name: str, axis: str = "embed", qk: bool = False):
     """The block's norm: LayerNorm (nanoGPT) or RMSNorm, over the last axis (logical name
-    `axis`); kind=qk: q_norm or k_norm, an RMSNorm with qk_norm's gain or none. flax
-    computes the statistics in float32 even for bfloat16 inputs."""
+    `axis`); qk: q_norm or k_norm, an RMSNorm with qk_norm's gain or none. flax computes
+    the statistics in float32 even for bfloat16 inputs."""
     scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,))
-    use_scale = config.qk_gain if kind == "qk" else config.norm_scale
+    use_scale = config.qk_gain if qk else config.norm_scale
     common = dict(epsilon=config.norm_eps, use_scale=use_scale, scale_init=scale_init)
-    if (kind or config.norm) in ("rmsnorm", "qk"):
+    if qk or config.norm == "rmsnorm":
         return nn.RMSNorm(name=name, **common, **_dtypes(config))
     return nn.LayerNorm(
         use_bias=config.bias, bias_init=_zeros((axis,)), name=name, **common, **_dtypes(config)
@@ -126,8 +126,8 @@ class CausalSelfAttention(nn.Module):
         q = jnp.swapaxes(qkv[:, :, :G], 2, 3).reshape(B, T, nh, hs)
         k, v = qkv[:, :, G], qkv[:, :, G + 1]  # (B, T, nkv, hs)
         if cfg.qk_norm:
-            q = _norm(cfg, "q_norm", "kv", kind="qk")(q)
-            k = _norm(cfg, "k_norm", "kv", kind="qk")(k)
+            q = _norm(cfg, "q_norm", "kv", qk=True)(q)
+            k = _norm(cfg, "k_norm", "kv", qk=True)(k)
         if cfg.pos_encoding == "rope":
             pos = jnp.arange(T) if decode_pos is None else decode_pos + jnp.arange(T)
             q, k = rotary(q, pos, cfg.rope_theta), rotary(k, pos, cfg.rope_theta)

@@ -53,6 +53,8 @@ def variants(recipe) -> dict:
 def main(argv: list[str]) -> None:
     cpu.use_tcmalloc()  # the allocator `jaxgpt bench` runs with (re-executes this script)
     rounds = int(next((a.split("=")[1] for a in argv if a.startswith("--rounds=")), 10))
+    if rounds < 2:
+        sys.exit("option_cost.py: --rounds must be at least 2 (the ratios' quartiles need two)")
     argv = [a for a in argv if not a.startswith("--rounds=")]
     config_file = argv[0] if argv and not argv[0].startswith("--") else RECIPE
     overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
@@ -72,18 +74,15 @@ def main(argv: list[str]) -> None:
             ms[name].append((time.perf_counter() - t0) / 10 * 1000)
     base = next(iter(steps))
     print(f"{rounds} rounds of 10 steps each; {config_file}, vocab {vocab}")
-    print(
-        "| model | ms/step (median) | time / base [quartiles] | GFLOP/step | GFLOP / base |", end=""
-    )
-    print(" MB/step | MB / base |")
+    print("| model | ms/step (median) | time / base [quartiles] | GFLOP/step | GFLOP / base |"
+          " MB/step | MB / base |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
+    _, base_gflop, base_mb = steps[base]
     for name, (_, gflop, mb) in steps.items():
         q1, ratio, q3 = statistics.quantiles([a / b for a, b in zip(ms[name], ms[base])], n=4)
-        row = f"| {name} | {statistics.median(ms[name]):.2f} | {ratio:.3f} [{q1:.3f}-{q3:.3f}] |"
-        row += (
-            f" {gflop:.3f} | {gflop / steps[base][1]:.3f} | {mb:.0f} | {mb / steps[base][2]:.3f} |"
-        )
-        print(row)
+        cells = [name, f"{statistics.median(ms[name]):.2f}", f"{ratio:.3f} [{q1:.3f}-{q3:.3f}]"]
+        cells += [f"{gflop:.3f}", f"{gflop / base_gflop:.3f}", f"{mb:.0f}", f"{mb / base_mb:.3f}"]
+        print(f"| {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
